@@ -1,0 +1,51 @@
+"""A controller that keeps β fixed and every pair: plain DPO through the controller interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from betadpo_lightning.controllers.base import BetaStep
+
+__all__ = ["ConstantBetaController"]
+
+
+class ConstantBetaController:
+    """Fixed β, no filtering.
+
+    Args:
+        beta: the DPO β, > 0.
+
+    Example:
+        >>> ConstantBetaController(beta=0.1).step(torch.tensor([1.0, -2.0])).keep
+        tensor([True, True])
+    """
+
+    def __init__(self, beta: float = 0.1) -> None:
+        if not beta > 0:
+            raise ValueError(f"Expected `beta` > 0, got {beta}.")
+        self.beta = float(beta)
+
+    def _result(self, gaps: Tensor) -> BetaStep:
+        if gaps.dim() != 1:
+            raise ValueError(f"Expected `gaps` of shape (N,), got {tuple(gaps.shape)}.")
+        beta = torch.tensor(self.beta, dtype=torch.float32, device=gaps.device)
+        keep = torch.ones(gaps.shape[0], dtype=torch.bool, device=gaps.device)
+        return BetaStep(beta=beta, keep=keep, stats={})
+
+    def step(self, gaps: Tensor) -> BetaStep:
+        """Return the fixed β and an all-true mask for the margins ``gaps`` of shape ``(N,)``."""
+        return self._result(gaps)
+
+    def evaluate(self, gaps: Tensor) -> BetaStep:
+        """Same as :meth:`step`: there is no state."""
+        return self._result(gaps)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fixed β (for the record; it comes from the configuration)."""
+        return {"beta": self.beta}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: β comes from the configuration."""

@@ -1,0 +1,126 @@
+"""Sequence log-probabilities of responses under a causal language model.
+
+Only the positions that predict a response token are ever normalised: prompt and padding positions are dropped
+before the log-softmax, and the log-softmax itself runs over row chunks in float32 (float64 for float64 logits)
+with a custom backward that recomputes the softmax chunk by chunk. No float32 copy of the whole ``(N, T, V)``
+logits tensor is created, whatever the logits' dtype, and the saved state for the backward pass is the logits
+themselves plus one float per selected position.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx, once_differentiable
+
+__all__ = ["gather_log_softmax", "sequence_logps"]
+
+# Upper bound on the elements of one float32 chunk (64 MiB); the chunk has at least one row.
+_CHUNK_ELEMENTS = 1 << 24
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _row_chunks(num_rows: int, width: int) -> list[tuple[int, int]]:
+    step = max(1, _CHUNK_ELEMENTS // max(1, width))
+    return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
+
+
+class _GatherLogSoftmax(torch.autograd.Function):
+    """``log_softmax(logits)[i, targets[i]]`` computed in chunks, in float32 or wider."""
+
+    @staticmethod
+    def forward(ctx: FunctionCtx, logits: Tensor, targets: Tensor) -> Tensor:
+        acc = _accumulation_dtype(logits.dtype)
+        out = torch.empty(logits.shape[0], dtype=acc, device=logits.device)
+        lse = torch.empty_like(out)
+        for start, end in _row_chunks(logits.shape[0], logits.shape[-1]):
+            chunk = logits[start:end].to(acc)  # (c, V)
+            lse[start:end] = torch.logsumexp(chunk, dim=-1)
+            out[start:end] = chunk.gather(-1, targets[start:end, None]).squeeze(-1) - lse[start:end]
+        ctx.save_for_backward(logits, targets, lse)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None]:
+        logits, targets, lse = ctx.saved_tensors
+        grad = torch.empty_like(logits)
+        for start, end in _row_chunks(logits.shape[0], logits.shape[-1]):
+            g_out = grad_out[start:end, None]  # (c, 1)
+            # d/dz [z_t - logsumexp(z)] = onehot(t) - softmax(z)
+            g = torch.exp(logits[start:end].to(lse.dtype) - lse[start:end, None]).mul_(-g_out)  # (c, V)
+            g.scatter_add_(-1, targets[start:end, None], g_out)
+            grad[start:end] = g.to(logits.dtype)
+        return grad, None
+
+
+def gather_log_softmax(logits: Tensor, targets: Tensor) -> Tensor:
+    """Log-probability of each row's target token, ``log_softmax(logits, -1)[i, targets[i]]``.
+
+    Args:
+        logits: unnormalised scores, shape ``(M, V)``, any floating dtype.
+        targets: token ids in ``[0, V)``, shape ``(M,)``, long.
+
+    Returns:
+        Log-probabilities, shape ``(M,)``, float32 (float64 for float64 logits). Differentiable once w.r.t.
+        ``logits``.
+
+    Raises:
+        ValueError: if the shapes do not match.
+
+    Example:
+        >>> gather_log_softmax(torch.zeros(2, 4), torch.tensor([0, 3]))  # uniform over 4 tokens
+        tensor([-1.3863, -1.3863])
+    """
+    if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+        raise ValueError(
+            f"Expected `logits` of shape (M, V) and `targets` of shape (M,), got {tuple(logits.shape)} "
+            f"and {tuple(targets.shape)}."
+        )
+    return _GatherLogSoftmax.apply(logits, targets)
+
+
+def sequence_logps(logits: Tensor, labels: Tensor, ignore_index: int = -100, average: bool = False) -> Tensor:
+    """Summed (or averaged) log-probability of each row's labelled tokens under a causal LM.
+
+    The shift happens here: ``logits[:, t]`` predicts ``labels[:, t + 1]``. ``labels`` are the input ids with every
+    non-response position (prompt, padding) set to ``ignore_index``, so only response tokens count.
+
+    Args:
+        logits: causal-LM logits, shape ``(N, T, V)``, any floating dtype (bf16/fp16 are normalised in float32).
+        labels: target ids, shape ``(N, T)``, long; ``ignore_index`` marks positions that do not count.
+        ignore_index: the label value of positions to ignore.
+        average: return the mean over each row's counted tokens instead of the sum.
+
+    Returns:
+        Per-row log-probabilities, shape ``(N,)``, float32 (float64 for float64 logits). A row without any counted
+        token gets 0.
+
+    Raises:
+        ValueError: if the shapes do not match.
+
+    Example:
+        >>> logits = torch.zeros(1, 3, 4)  # uniform next-token distribution over 4 tokens
+        >>> labels = torch.tensor([[-100, 2, 1]])  # two response tokens
+        >>> sequence_logps(logits, labels)  # 2 * log(1/4)
+        tensor([-2.7726])
+        >>> sequence_logps(logits, labels, average=True)
+        tensor([-1.3863])
+    """
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"Expected `logits` of shape (N, T, V) and `labels` of shape (N, T), got "
+            f"{tuple(logits.shape)} and {tuple(labels.shape)}."
+        )
+    targets = labels[:, 1:]  # (N, T-1): the token each position t < T-1 predicts
+    mask = targets != ignore_index  # (N, T-1)
+    rows, cols = mask.nonzero(as_tuple=True)  # (M,), (M,)
+    token_logps = gather_log_softmax(logits[rows, cols], targets[rows, cols])  # (M,) from (M, V)
+    sums = torch.zeros(logits.shape[0], dtype=token_logps.dtype, device=logits.device).index_add(0, rows, token_logps)
+    if not average:
+        return sums
+    counts = mask.sum(-1).clamp(min=1)  # (N,)
+    return sums / counts

@@ -1,0 +1,88 @@
+"""Naive float64 re-implementations of the library's formulas, written independently of ``src``.
+
+Plain Python floats and the ``math`` module only: no torch ops that the library itself uses.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+
+def log_sigmoid(x: float) -> float:
+    # log(1 / (1 + e^-x)), split by sign so that neither branch overflows.
+    if x >= 0:
+        return -math.log1p(math.exp(-x))
+    return x - math.log1p(math.exp(x))
+
+
+def margin(pc: float, pr: float, rc: float, rr: float) -> float:
+    return (pc - rc) - (pr - rr)
+
+
+def sigmoid_loss(h: float, beta: float, eps: float) -> float:
+    return -(1 - eps) * log_sigmoid(beta * h) - eps * log_sigmoid(-beta * h)
+
+
+def robust_loss(h: float, beta: float, eps: float) -> float:
+    return (-(1 - eps) * log_sigmoid(beta * h) + eps * log_sigmoid(-beta * h)) / (1 - 2 * eps)
+
+
+def ipo_loss(h: float, beta: float, eps: float = 0.0) -> float:
+    return (h - 1 / (2 * beta)) ** 2
+
+
+def hinge_loss(h: float, beta: float, eps: float = 0.0) -> float:
+    return max(0.0, 1 - beta * h)
+
+
+def log_softmax_at(row: Sequence[float], index: int) -> float:
+    top = max(row)
+    return row[index] - (top + math.log(sum(math.exp(v - top) for v in row)))
+
+
+def sequence_logp(logits: Sequence[Sequence[float]], labels: Sequence[int], ignore: int, average: bool) -> float:
+    """logits: T rows of V floats; labels: T ids; position t predicts labels[t + 1]."""
+    terms = [log_softmax_at(logits[t], labels[t + 1]) for t in range(len(labels) - 1) if labels[t + 1] != ignore]
+    if not terms:
+        return 0.0
+    return sum(terms) / len(terms) if average else sum(terms)
+
+
+def successive_inclusion_probabilities(weights: Sequence[float], k: int) -> list[float]:
+    """Exact P(item i among the k drawn) for successive sampling without replacement, by enumeration."""
+    n = len(weights)
+    inclusion = [0.0] * n
+    for order in itertools.permutations(range(n), k):
+        p, left = 1.0, sum(weights)
+        for i in order:
+            if left <= 0:
+                p = 0.0
+                break
+            p *= weights[i] / left
+            left -= weights[i]
+        for i in order:
+            inclusion[i] += p
+    return inclusion
+
+
+class BetaDPOReference:
+    """β-DPO controller statistics and β, written from the design text (no filtering: rho = 0)."""
+
+    def __init__(self, beta: float, alpha: float, momentum: float, beta_min: float, sigma_min: float) -> None:
+        self.beta, self.alpha, self.m, self.beta_min, self.sigma_min = beta, alpha, momentum, beta_min, sigma_min
+        self.m0: float | None = None
+        self.sigma: float | None = None
+
+    def step(self, gaps: Sequence[float]) -> float:
+        n = len(gaps)
+        mean = sum(gaps) / n
+        self.m0 = mean if self.m0 is None else self.m * self.m0 + (1 - self.m) * mean
+        if n > 1:
+            std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (n - 1))
+            if self.sigma is not None:
+                self.sigma = self.m * self.sigma + (1 - self.m) * std
+            elif std > self.sigma_min:
+                self.sigma = std
+        return max(self.beta_min, self.beta * (1 + self.alpha * (mean - self.m0)))
