@@ -1,0 +1,112 @@
+"""A training DataLoader that resumes mid-epoch at the exact batch, on one device or many.
+
+Lightning saves the ``state_dict()`` of every training loader that has one and, on resume, calls
+``load_state_dict()`` before iterating. The loader counts the batches it has handed out in the current epoch; the
+sampler is a :class:`~torch.utils.data.DistributedSampler` (Lightning then keeps it rather than replacing it) whose
+order depends only on ``(seed, epoch)``, so a resumed run skips exactly the index batches it already consumed —
+without loading or collating them — and then sees the same batches as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+__all__ = ["ResumableDataLoader", "ResumableSampler"]
+
+
+class ResumableSampler(DistributedSampler):
+    """Seeded shuffling per ``(seed, epoch)``, this rank's share, and an optional number of leading samples to skip.
+
+    ``len()`` is always the full share of an epoch; ``skip`` only shortens the first iteration after a restore.
+
+    Args:
+        dataset: the map-style dataset.
+        num_replicas: world size.
+        rank: this process's global rank.
+        shuffle: shuffle with ``seed + epoch``.
+        seed: the shuffling seed (identical on every rank).
+        drop_last: drop the tail instead of padding it so every rank gets the same number of samples.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        num_replicas: int = 1,
+        rank: int = 0,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        skip, self.skip = self.skip, 0  # only the first iteration after a restore skips
+        return iter(indices[skip:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` with ``state_dict``/``load_state_dict`` for exact mid-epoch resumption.
+
+    The state is ``{"epoch": ..., "batches": ...}``: the sampler's epoch and how many batches of it were handed out
+    (Lightning does not prefetch from loaders with a length, so that is the number of batches trained on). The
+    sampler must be a :class:`ResumableSampler` and batches are formed by ``batch_size`` (no custom batch sampler).
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int = 1,
+        sampler: ResumableSampler | None = None,
+        num_workers: int = 0,
+        collate_fn: Callable[[list[Any]], Any] | None = None,
+        pin_memory: bool = False,
+        drop_last: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(sampler, ResumableSampler):
+            raise TypeError(f"ResumableDataLoader needs a ResumableSampler, got {type(sampler).__name__}.")
+        super().__init__(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=num_workers,
+            collate_fn=collate_fn,
+            pin_memory=pin_memory,
+            drop_last=drop_last,
+            **kwargs,
+        )
+        self._batches = 0
+        self._epoch = sampler.epoch
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self.sampler
+        assert isinstance(sampler, ResumableSampler)
+        if sampler.epoch != self._epoch or sampler.skip == 0:
+            self._epoch, self._batches = sampler.epoch, 0
+        return self._count(super().__iter__())
+
+    def _count(self, iterator: Iterator[Any]) -> Iterator[Any]:
+        for batch in iterator:
+            self._batches += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """The sampler's epoch and the number of batches handed out in it."""
+        return {"epoch": self._epoch, "batches": self._batches}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Arrange for the next iteration to continue the saved epoch after its consumed batches."""
+        sampler = self.sampler
+        assert isinstance(sampler, ResumableSampler)
+        epoch, batches = int(state_dict.get("epoch", 0)), int(state_dict.get("batches", 0))
+        # `len(self)` stays the full epoch (Lightning counts the resumed batches itself).
+        if batches >= len(self):  # the saved epoch was complete: start the next one from its beginning
+            epoch, batches = epoch + 1, 0
+        sampler.set_epoch(epoch)
+        sampler.skip = batches * (self.batch_size or 1)
+        self._epoch, self._batches = epoch, batches

@@ -1,0 +1,108 @@
+"""Building the policy and the reference: a hub name, a local directory, or a small config for tiny models."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+__all__ = ["DType", "build_causal_lm", "disable_dropout", "freeze", "frozen_copy", "resolve_dtype"]
+
+DType = Literal["float32", "bfloat16", "float16", "auto"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: DType | None) -> torch.dtype | str | None:
+    """Map a config string to what ``from_pretrained(dtype=...)`` takes.
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if dtype is None or dtype == "auto":
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"Expected `dtype` in {[*_DTYPES, 'auto', None]}, got {dtype!r}.")
+    return _DTYPES[dtype]
+
+
+def build_causal_lm(
+    name_or_path: str | None = None,
+    config: dict[str, Any] | None = None,
+    dtype: DType | None = None,
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+    defaults: dict[str, Any] | None = None,
+) -> nn.Module:
+    """A ``transformers`` causal LM from a hub name / local directory, or randomly initialised from a config.
+
+    Args:
+        name_or_path: hub name or local directory, loaded with ``AutoModelForCausalLM.from_pretrained``.
+        config: a config dict with a ``model_type`` key (e.g. ``{"model_type": "llama", "hidden_size": 64, ...}``),
+            built with ``AutoConfig.for_model`` and initialised from the current torch seed. Exactly one of
+            ``name_or_path`` and ``config`` must be given.
+        dtype: parameter dtype (``None``: the library's default, float32).
+        attn_implementation: e.g. ``"sdpa"``, ``"eager"``, ``"flash_attention_2"``.
+        trust_remote_code: allow custom model code from the hub.
+        defaults: config values used where ``config`` does not set them (e.g. the tokenizer's vocab size).
+
+    Returns:
+        The model.
+
+    Raises:
+        ValueError: unless exactly one of ``name_or_path`` / ``config`` is given, or without ``model_type``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if (name_or_path is None) == (config is None):
+        raise ValueError("Give exactly one of `model_name_or_path` (hub name or directory) and `model_config`.")
+    kwargs: dict[str, Any] = {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    torch_dtype = resolve_dtype(dtype)
+    if name_or_path is not None:
+        if torch_dtype is not None:
+            kwargs["dtype"] = torch_dtype
+        return AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+    assert config is not None
+    values = {**(defaults or {}), **config}
+    if "model_type" not in values:
+        raise ValueError(f"`model_config` needs a `model_type` (e.g. 'llama', 'gpt2'); got keys {sorted(values)}.")
+    model_config = AutoConfig.for_model(**values)
+    model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code, **kwargs)
+    if isinstance(torch_dtype, torch.dtype):
+        model = model.to(torch_dtype)
+    return model
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability of ``model`` to 0: ``nn.Dropout`` modules and float attention-dropout fields.
+
+    DPO compares the policy with the reference on the same inputs; dropout would make the two differ by noise
+    (the first-step loss would no longer be exactly log 2).
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+        for name in ("attention_dropout", "dropout", "attn_dropout", "resid_dropout"):
+            if isinstance(getattr(module, name, None), float):
+                setattr(module, name, 0.0)
+    config = getattr(model, "config", None)
+    if config is not None:
+        for name, value in vars(config).items():
+            if "dropout" in name and isinstance(value, float):
+                setattr(config, name, 0.0)
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Eval mode and ``requires_grad=False`` on every parameter; returns the model."""
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen deep copy (same weights, independent storage)."""
+    return freeze(copy.deepcopy(model))

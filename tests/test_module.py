@@ -1,0 +1,200 @@
+"""PreferenceModule on a tiny Llama: training changes the policy only, exact plain-DPO loss, checkpoints, resume."""
+
+from __future__ import annotations
+
+import math
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from betadpo_lightning.callbacks import DynamicBetaCallback
+from betadpo_lightning.losses import dpo_loss
+from betadpo_lightning.module import PreferenceModule
+from helpers.recorder import Recorder, params_of
+from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs, resumable_loader
+
+
+def _adamw(params):
+    return torch.optim.AdamW(params, lr=5e-3)
+
+
+def _module(**kwargs) -> PreferenceModule:
+    return PreferenceModule(model_config=TINY_LLAMA, optimizer=_adamw, **kwargs)
+
+
+def _trainer(tmp_path, max_steps: int, callbacks=(), **kwargs) -> pl.Trainer:
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "max_steps": max_steps,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "log_every_n_steps": 1,
+        "default_root_dir": tmp_path,
+        "num_sanity_val_steps": 0,
+    }
+    return pl.Trainer(callbacks=list(callbacks), **{**defaults, **kwargs})
+
+
+def test_fit_changes_the_policy_and_nothing_else(tmp_path):
+    pl.seed_everything(0)
+    module = _module()
+    module.configure_model()
+    policy_before, reference_before = params_of(module.policy), params_of(module.reference)
+    recorder = Recorder()
+    trainer = _trainer(
+        tmp_path, 4, [recorder, DynamicBetaCallback(beta=0.1)], limit_val_batches=2, val_check_interval=2
+    )
+    val = torch.utils.data.DataLoader(RandomPairs(8, seed=1), batch_size=4, collate_fn=collate_pairs)
+    trainer.fit(module, resumable_loader(RandomPairs(32), 4), val)
+
+    changed = [k for k, v in params_of(module.policy).items() if not torch.equal(v, policy_before[k])]
+    assert len(changed) == len(policy_before)
+    for key, value in params_of(module.reference).items():
+        assert torch.equal(value, reference_before[key]), key
+    assert not module.reference.training
+    assert all(not p.requires_grad for p in module.reference.parameters())
+    optimizer_params = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert optimizer_params == {id(p) for p in module.policy.parameters()}
+    # Step 0: the reference is a copy of the policy, so every margin is 0 and the loss is exactly log 2.
+    assert recorder.losses[0] == pytest.approx(math.log(2), abs=1e-6)
+    expected = {"train/loss", "train/beta", "train/beta/m0", "train/beta/sigma", "train/beta/kept_fraction"}
+    expected |= {f"{s}/rewards/{k}" for s in ("train", "val") for k in ("chosen", "rejected", "margins", "accuracies")}
+    expected |= {f"{s}/logps/{k}" for s in ("train", "val") for k in ("chosen", "rejected")} | {"val/loss"}
+    assert expected <= set(trainer.callback_metrics)
+
+
+def test_plain_dpo_without_callback_matches_the_formula(tmp_path):
+    """No callback: fixed β, all pairs, local mean — the loss equals dpo_loss on the model's own log-probs."""
+    pl.seed_everything(0)
+    module = _module(beta=0.3)
+    module.configure_model()
+    with torch.no_grad():  # make the policy differ from the reference
+        for p in module.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    batch = collate_pairs([RandomPairs(8)[i] for i in range(4)])
+    policy, reference = module.forward_logps(batch)
+    want = dpo_loss(policy[:4], policy[4:], reference[:4], reference[4:], beta=0.3).mean()
+    module.log = lambda *args, **kwargs: None  # outside a Trainer
+    got = module._step(batch, "train")["loss"]
+    torch.testing.assert_close(got, want)
+    assert got.item() != pytest.approx(math.log(2), abs=1e-3)
+
+
+def test_one_concatenated_forward_per_model(tmp_path):
+    pl.seed_everything(0)
+    module = _module()
+    module.configure_model()
+    calls = {"policy": [], "reference": []}
+    module.policy.register_forward_hook(
+        lambda m, a, k, o: calls["policy"].append(k["input_ids"].shape), with_kwargs=True
+    )
+    module.reference.register_forward_hook(
+        lambda m, a, k, o: calls["reference"].append(k["input_ids"].shape), with_kwargs=True
+    )
+    module.log = lambda *args, **kwargs: None
+    batch = collate_pairs([RandomPairs(8)[i] for i in range(3)])
+    module._step(batch, "train")
+    assert calls["policy"] == [batch["input_ids"].shape]
+    assert calls["reference"] == [batch["input_ids"].shape]
+    assert batch["input_ids"].shape[0] == 6
+
+
+def test_checkpoint_has_no_reference_and_resumes(tmp_path):
+    pl.seed_everything(0)
+    module = _module()
+    trainer = _trainer(tmp_path, 2, [DynamicBetaCallback()])
+    trainer.fit(module, resumable_loader(RandomPairs(16), 4))
+    path = tmp_path / "last.ckpt"
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    assert checkpoint["state_dict"]
+    assert all(k.startswith("policy.") for k in checkpoint["state_dict"])
+    assert "reference_fingerprint" in checkpoint
+    assert any("DynamicBetaCallback" in k for k in checkpoint["callbacks"])
+
+    pl.seed_everything(0)
+    resumed = _module()
+    trainer2 = _trainer(tmp_path, 4, [DynamicBetaCallback()])
+    trainer2.fit(resumed, resumable_loader(RandomPairs(16), 4), ckpt_path=path)
+    assert trainer2.global_step == 4
+
+
+def test_resume_with_another_reference_fails(tmp_path):
+    pl.seed_everything(0)
+    trainer = _trainer(tmp_path, 1)
+    trainer.fit(_module(), resumable_loader(RandomPairs(8), 4))
+    trainer.save_checkpoint(tmp_path / "a.ckpt")
+    pl.seed_everything(1)  # a different random init ⇒ a different reference
+    with pytest.raises(RuntimeError, match="reference model differs"):
+        _trainer(tmp_path, 2).fit(_module(), resumable_loader(RandomPairs(8), 4), ckpt_path=tmp_path / "a.ckpt")
+
+
+def _run(tmp_path, max_steps, ckpt_path=None, checkpoint_every=None):
+    pl.seed_everything(0)
+    recorder = Recorder()
+    callbacks = [DynamicBetaCallback(beta=0.1, alpha=0.6, rho=0.25), recorder]
+    kwargs = {}
+    if checkpoint_every:
+        callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=checkpoint_every, save_top_k=-1))
+        kwargs["enable_checkpointing"] = True
+    trainer = _trainer(tmp_path, max_steps, callbacks, **kwargs)
+    module = _module()
+    # 10 pairs in batches of 4: epochs of 3 batches (the last one short), so the resume point is mid-epoch.
+    trainer.fit(module, resumable_loader(RandomPairs(10), 4, seed=3), ckpt_path=ckpt_path)
+    return recorder, module
+
+
+def test_resume_mid_run_equals_uninterrupted_run(tmp_path):
+    full, full_module = _run(tmp_path / "full", 8)
+    first, _ = _run(tmp_path / "first", 4, checkpoint_every=4)
+    ckpt = next((tmp_path / "first").glob("*step=4*.ckpt"))
+    second, second_module = _run(tmp_path / "second", 8, ckpt_path=ckpt)
+
+    assert len(second.losses) == 4
+    assert first.pair_indices + second.pair_indices == full.pair_indices
+    torch.testing.assert_close(torch.tensor(first.losses + second.losses), torch.tensor(full.losses), rtol=0, atol=0)
+    assert first.betas + second.betas == full.betas
+    assert second.controller_states[-1]["steps"] == full.controller_states[-1]["steps"] == 8
+    for key in ("m0", "sigma"):
+        assert torch.equal(second.controller_states[-1][key], full.controller_states[-1][key])
+    for key, value in params_of(full_module.policy).items():
+        torch.testing.assert_close(params_of(second_module.policy)[key], value, rtol=0, atol=0)
+
+
+def test_ipo_uses_length_averaged_logps():
+    assert _module(loss_type="ipo").average_logps
+    assert not _module().average_logps
+    assert _module(loss_type="sigmoid", average_logps=True).average_logps
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"loss_type": "kto"}, "loss_type"),
+        ({"loss_type": "ipo", "label_smoothing": 0.1}, "IPO"),
+        ({"beta": 0.0}, "beta"),
+        ({"model_name_or_path": "some/model"}, "exactly one"),
+    ],
+)
+def test_bad_arguments_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _module(**kwargs)
+
+
+def test_non_finite_margins_stop_training():
+    pl.seed_everything(0)
+    module = _module()
+    module.configure_model()
+    with torch.no_grad():
+        module.policy.get_input_embeddings().weight[5].fill_(float("nan"))
+    module.log = lambda *args, **kwargs: None
+    batch = collate_pairs(
+        [{"prompt_input_ids": [3, 4], "chosen_input_ids": [5], "rejected_input_ids": [6], "index": 0}]
+    )
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        module._step(batch, "train")
