@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import lightning.pytorch as pl
 import torch
 from torch.utils.data import Dataset
+
+from betadpo_lightning.data.loader import resumable_train_loader
 
 TINY_LLAMA = {
     "model_type": "llama",
@@ -65,8 +68,19 @@ def collate_pairs(samples: list[dict], pad_token_id: int = 0) -> dict[str, torch
     }
 
 
-def resumable_loader(dataset: Dataset, batch_size: int, seed: int = 0, shuffle: bool = True):
-    from betadpo_lightning.data.loader import ResumableDataLoader, ResumableSampler
+def resumable_loader(dataset: Dataset, batch_size: int, seed: int = 0):
+    return resumable_train_loader(dataset, batch_size=batch_size, collate_fn=collate_pairs, seed=seed)
 
-    sampler = ResumableSampler(dataset, shuffle=shuffle, seed=seed)
-    return ResumableDataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_pairs)
+
+class RandomPairsData(pl.LightningDataModule):
+    """Random pairs behind the library's resumable loader, sharded by the Trainer's rank."""
+
+    def __init__(self, size: int = 16, batch_size: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        self.dataset, self.batch_size, self.seed = RandomPairs(size), batch_size, seed
+
+    def train_dataloader(self):
+        trainer = self.trainer
+        return resumable_train_loader(
+            self.dataset, self.batch_size, collate_pairs, self.seed, trainer.world_size, trainer.global_rank
+        )

@@ -14,7 +14,7 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["ResumableDataLoader", "ResumableSampler"]
+__all__ = ["ResumableDataLoader", "ResumableSampler", "resumable_train_loader"]
 
 
 class ResumableSampler(DistributedSampler):
@@ -110,3 +110,40 @@ class ResumableDataLoader(DataLoader):
         sampler.set_epoch(epoch)
         sampler.skip = batches * (self.batch_size or 1)
         self._epoch, self._batches = epoch, batches
+
+
+def resumable_train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    collate_fn: Callable[[list[Any]], Any],
+    seed: int = 0,
+    num_replicas: int = 1,
+    rank: int = 0,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> ResumableDataLoader:
+    """The shuffled, resumable training loader for this rank (``num_replicas``/``rank`` from the Trainer).
+
+    Args:
+        dataset: the map-style training dataset.
+        batch_size: pairs per rank and step.
+        collate_fn: turns a list of samples into a batch.
+        seed: shuffling seed, identical on every rank.
+        num_replicas: the world size (``trainer.world_size``).
+        rank: this process's rank (``trainer.global_rank``).
+        num_workers: loader worker processes.
+        pin_memory: pin host memory for faster copies to the GPU.
+
+    Returns:
+        A :class:`ResumableDataLoader`.
+    """
+    sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+    return ResumableDataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate_fn,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
