@@ -57,7 +57,8 @@ def test_reset_starts_a_new_window():
 
 def test_ties_are_not_accurate_and_empty_is_zero():
     accuracy = RewardAccuracy()
-    assert accuracy.compute().item() == 0.0
+    with pytest.warns(UserWarning, match="before the ``update``"):
+        assert accuracy.compute().item() == 0.0
     accuracy.update(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0]))
     assert accuracy.compute().item() == 0.5
 
