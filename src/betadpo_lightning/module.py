@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -14,16 +16,16 @@ from torch.optim.lr_scheduler import LRScheduler
 from typing_extensions import override
 
 from betadpo_lightning.callbacks.protocol import BetaProvider, static_decision
+from betadpo_lightning.checks import check_batch, check_finite, weights_fingerprint
 from betadpo_lightning.logps import sequence_logps
 from betadpo_lightning.losses import PAIR_LOSSES, dpo_margins
 from betadpo_lightning.models import DType, build_causal_lm, disable_dropout, freeze, frozen_copy
+from betadpo_lightning.parallel import fully_shard_causal_lm
 from betadpo_lightning.schedulers import LinearWarmup
 
 __all__ = ["PreferenceModule"]
 
 LossType = Literal["sigmoid", "robust", "ipo", "hinge"]
-OptimizerFactory = Callable[[Iterable[Any]], Optimizer]
-SchedulerFactory = Callable[[Optimizer], LRScheduler]
 
 
 class PreferenceModule(pl.LightningModule):
@@ -73,8 +75,8 @@ class PreferenceModule(pl.LightningModule):
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
         dropout: bool = False,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
         check_finite: bool = True,
     ) -> None:
         super().__init__()
@@ -122,9 +124,27 @@ class PreferenceModule(pl.LightningModule):
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             policy.config.use_cache = False
         self.policy = policy
-        self._frozen["reference"] = reference
+        self._frozen["reference"] = self._shard(policy, reference)
         total = sum(p.numel() for p in reference.parameters())
         rank_zero_info(f"PreferenceModule: frozen reference with {total:,} parameters (not checkpointed).")
+
+    def _shard(self, policy: nn.Module, reference: nn.Module) -> nn.Module:
+        """Shard both models for the strategy; returns the (possibly wrapped) reference.
+
+        FSDP2 (``ModelParallelStrategy``): ``fully_shard`` per decoder layer for both models. FSDP1 (``FSDPStrategy``):
+        the reference is wrapped here with the strategy's settings (this hook runs inside its ``enable_wrap``
+        context); the policy is wrapped by the strategy with the rest of the module.
+        """
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, ModelParallelStrategy):
+            mesh = self.device_mesh["data_parallel"]
+            fully_shard_causal_lm(policy, mesh)
+            fully_shard_causal_lm(reference, mesh)
+        elif isinstance(strategy, FSDPStrategy):
+            from torch.distributed.fsdp.wrap import wrap
+
+            reference = wrap(reference)
+        return reference
 
     def _tokenizer_defaults(self) -> dict[str, Any]:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -166,13 +186,13 @@ class PreferenceModule(pl.LightningModule):
         return policy, reference
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
-        _check_batch(batch)
+        check_batch(batch)
         policy, reference = self.forward_logps(batch)
         b = batch["input_ids"].shape[0] // 2
         pc, pr, rc, rr = policy[:b], policy[b:], reference[:b], reference[b:]  # (B,) each
         margins = dpo_margins(pc, pr, rc, rr)  # (B,)
         if self.check_finite:
-            _check_finite(margins, batch["labels"], self.global_step)
+            check_finite(margins, batch["labels"], self.global_step)
         provider = self.beta_provider
         decision = provider.decide(margins.detach()) if provider is not None else static_decision(margins, self.beta)
         loss = decision.reduce(self._loss.fn(margins, decision.beta, self.label_smoothing))
@@ -217,53 +237,17 @@ class PreferenceModule(pl.LightningModule):
     # -------------------------------------------------------------- checkpoint
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        fingerprint = _fingerprint(self._frozen.get("reference"))
+        fingerprint = weights_fingerprint(self._frozen.get("reference"))
         if fingerprint is not None:
             checkpoint["reference_fingerprint"] = fingerprint
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         saved = checkpoint.get("reference_fingerprint")
-        current = _fingerprint(self._frozen.get("reference"))
+        current = weights_fingerprint(self._frozen.get("reference"))
         if saved is not None and current is not None and not torch.allclose(saved, current, rtol=1e-5, atol=1e-6):
             raise RuntimeError(
                 "The reference model differs from the one the checkpoint was trained against (weight fingerprint "
                 f"{current.tolist()} vs {saved.tolist()}). A randomly initialised `model_config` rebuilds the same "
                 "reference only under the same seed (`seed_everything`)."
             )
-
-
-def _check_batch(batch: dict[str, Tensor]) -> None:
-    missing = [key for key in ("input_ids", "attention_mask", "labels") if key not in batch]
-    if missing:
-        raise KeyError(f"The batch lacks {missing}; expected the (2B, T) preference batch of PreferenceDataModule.")
-    rows = batch["input_ids"].shape[0]
-    if batch["input_ids"].dim() != 2 or rows % 2 or batch["labels"].shape != batch["input_ids"].shape:
-        raise ValueError(
-            f"Expected `input_ids` and `labels` of shape (2B, T) with chosen rows first; got "
-            f"{tuple(batch['input_ids'].shape)} and {tuple(batch['labels'].shape)}."
-        )
-
-
-def _check_finite(margins: Tensor, labels: Tensor, step: int) -> None:
-    has_response = (labels[:, 1:] != -100).any(dim=1)  # (2B,)
-    if bool(torch.isfinite(margins).all() & has_response.all()):
-        return
-    empty = (~has_response).nonzero().flatten().tolist()
-    bad = (~torch.isfinite(margins)).nonzero().flatten().tolist()
-    raise FloatingPointError(
-        f"At global step {step}: pairs {bad} have non-finite margins and rows {empty} have no response token."
-    )
-
-
-def _fingerprint(model: nn.Module | None) -> Tensor | None:
-    """``[Σ w, Σ w²]`` over the parameters in float64, or ``None`` for sharded (DTensor) or absent weights."""
-    if model is None:
-        return None
-    total = torch.zeros(2, dtype=torch.float64)
-    for param in model.parameters():
-        if param.is_meta or type(param.data).__name__ == "DTensor":
-            return None
-        data = param.detach().to(torch.float64)
-        total += torch.stack([data.sum(), (data * data).sum()]).cpu()
-    return total

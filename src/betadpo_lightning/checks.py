@@ -1,0 +1,60 @@
+"""Hard checks of a training step: the batch layout, finite margins, and the reference's identity."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["check_batch", "check_finite", "weights_fingerprint"]
+
+
+def check_batch(batch: dict[str, Tensor]) -> None:
+    """Raise unless ``batch`` is the ``(2B, T)`` preference batch (chosen rows first, then rejected).
+
+    Raises:
+        KeyError: a key is missing.
+        ValueError: wrong shapes.
+    """
+    missing = [key for key in ("input_ids", "attention_mask", "labels") if key not in batch]
+    if missing:
+        raise KeyError(f"The batch lacks {missing}; expected the (2B, T) preference batch of PreferenceDataModule.")
+    rows = batch["input_ids"].shape[0]
+    if batch["input_ids"].dim() != 2 or rows % 2 or batch["labels"].shape != batch["input_ids"].shape:
+        raise ValueError(
+            f"Expected `input_ids` and `labels` of shape (2B, T) with chosen rows first; got "
+            f"{tuple(batch['input_ids'].shape)} and {tuple(batch['labels'].shape)}."
+        )
+
+
+def check_finite(margins: Tensor, labels: Tensor, step: int) -> None:
+    """Raise if a margin is NaN/inf or a row has no response token (one host synchronisation).
+
+    Args:
+        margins: the DPO margins, shape ``(B,)``.
+        labels: the batch labels, shape ``(2B, T)``.
+        step: the global step, for the message.
+
+    Raises:
+        FloatingPointError: naming the pairs and rows at fault.
+    """
+    has_response = (labels[:, 1:] != -100).any(dim=1)  # (2B,)
+    if bool(torch.isfinite(margins).all() & has_response.all()):
+        return
+    empty = (~has_response).nonzero().flatten().tolist()
+    bad = (~torch.isfinite(margins)).nonzero().flatten().tolist()
+    raise FloatingPointError(
+        f"At global step {step}: pairs {bad} have non-finite margins and rows {empty} have no response token."
+    )
+
+
+def weights_fingerprint(model: nn.Module | None) -> Tensor | None:
+    """``[Σ w, Σ w²]`` over the parameters in float64, or ``None`` for sharded (DTensor) or absent weights."""
+    if model is None:
+        return None
+    total = torch.zeros(2, dtype=torch.float64)
+    for param in model.parameters():
+        if param.is_meta or type(param.data).__name__ == "DTensor":
+            return None
+        data = param.detach().to(torch.float64)
+        total += torch.stack([data.sum(), (data * data).sum()]).cpu()
+    return total
