@@ -142,10 +142,11 @@ class PreferenceDataModule(LightningDataModule):
 
     @override
     def prepare_data(self) -> None:
-        """Write the synthetic data if needed, then load and tokenize the splits into the ``datasets`` cache."""
+        """Write the synthetic data if needed, then load, tokenize and filter the splits into the ``datasets`` cache."""
         if self.synthetic is not None:
             write_synthetic_dataset(self.synthetic, self._synthetic_root())
-        self._tokenized_splits(self._load_tokenizer(warn=False))
+        for data in self._tokenized_splits(self._load_tokenizer(warn=False)).values():
+            kept_pairs(data)
 
     @override
     def setup(self, stage: str) -> None:
@@ -236,7 +237,7 @@ class PreferenceDataModule(LightningDataModule):
         elif self.val_split is not None and self.val_split in source:
             raw = source[self.val_split]
             tokenized["validation"] = tokenize_split(raw, tokenizer, self.spec, self.val_split, self.num_proc)
-        elif self.val_split is not None:
+        elif self.val_split is not None and not (self.synthetic is not None and self.synthetic.validation_size == 0):
             rank_zero_warn(
                 f"dataset '{self.dataset}' has no split '{self.val_split}' (available: {sorted(source)}); "
                 "training without validation (set val_split or val_fraction)"

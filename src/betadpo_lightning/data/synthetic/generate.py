@@ -26,6 +26,13 @@ _MAX_DRAWS = 10_000
 _SCORED_WORDS = (*GOOD_WORDS, *BAD_WORDS)
 
 
+def _sigmoid(x: float) -> float:
+    if x >= 0.0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
 def _prompt(rng: random.Random) -> str:
     words = [rng.choice(QUESTION_WORDS)] + [rng.choice(NEUTRAL_WORDS) for _ in range(rng.randint(2, 6))]
     return " ".join(words)
@@ -84,7 +91,7 @@ def generate_split(config: SyntheticConfig, split: SplitName) -> list[SyntheticR
     for position, difficulty in enumerate(difficulties):
         prompt = _prompt(rng)
         first, second = _draw_responses(rng, config, hard=difficulty == "hard")
-        p_first = 1.0 / (1.0 + math.exp(-(gold_reward(first) - gold_reward(second)) / config.temperature))
+        p_first = _sigmoid((gold_reward(first) - gold_reward(second)) / config.temperature)
         chosen, rejected = (first, second) if rng.random() < p_first else (second, first)
         if position in flipped:
             chosen, rejected = rejected, chosen
