@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,18 @@ def test_forced_format_must_match_the_values():
 def test_column_without_any_text_is_rejected():
     with pytest.raises(PreferenceDataError, match=r"column 'chosen'.*found only \['int'\]"):
         resolve_format({"prompt": ["p"], "chosen": [3], "rejected": ["b"]}, NAMES)
+
+
+def test_error_keeps_row_field_and_reason_across_pickling():
+    error = PreferenceDataError("expected text", row=3, field="chosen", reason="not_text")
+    copy = pickle.loads(pickle.dumps(error))
+    assert isinstance(copy, ValueError)
+    assert (str(copy), copy.row, copy.field, copy.reason) == (
+        "row 3, field 'chosen': expected text",
+        3,
+        "chosen",
+        "not_text",
+    )
 
 
 # --- field validation ---------------------------------------------------------------------------------------------

@@ -17,6 +17,12 @@ from betadpo_lightning.data.tokenize import PairTokenizer
 
 SMALL_SYNTHETIC = SyntheticConfig(train_size=40, validation_size=12, seed=3)
 
+# Expected on the fixture tokenizer and single-file fixtures; asserted with pytest.warns where it matters.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:tokenizer .* has no pad token:UserWarning"),
+    pytest.mark.filterwarnings("ignore:dataset .* has no split 'validation':UserWarning"),
+]
+
 
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
@@ -173,6 +179,17 @@ def test_training_order_is_shuffled_and_seeded(tmp_path: Path):
     assert order(1) != first
 
 
+def test_parallel_tokenization_matches_and_reports_rows(fixtures_dir: Path, bpe_tokenizer_dir: Path, tmp_path: Path):
+    serial = _ready(cache_dir=str(tmp_path / "serial"), synthetic=SMALL_SYNTHETIC)
+    parallel = _ready(cache_dir=str(tmp_path / "parallel"), synthetic=SMALL_SYNTHETIC, num_proc=2)
+    assert parallel.splits["train"][:] == serial.splits["train"][:]
+    module = PreferenceDataModule(dataset=str(fixtures_dir / "bad_rows.jsonl"), tokenizer=str(bpe_tokenizer_dir),
+                                  cache_dir=str(tmp_path / "bad"), val_split=None, num_proc=2)  # fmt: skip
+    with pytest.raises(PreferenceDataError, match="row 1, field 'rejected'") as info:
+        module.prepare_data()
+    assert (info.value.row, info.value.field, info.value.reason) == (1, "rejected", "identical_pair")
+
+
 def test_bad_rows_error_mode(fixtures_dir: Path, bpe_tokenizer_dir: Path, tmp_path: Path):
     module = PreferenceDataModule(dataset=str(fixtures_dir / "bad_rows.jsonl"), tokenizer=str(bpe_tokenizer_dir),
                                   cache_dir=str(tmp_path), val_split=None)  # fmt: skip
@@ -284,7 +301,7 @@ def test_runs_under_a_trainer(tmp_path: Path):
             return (self.embedding(batch["input_ids"]) * mask).mean()
 
         def validation_step(self, batch, batch_idx):
-            self.log("rows", float(batch["input_ids"].shape[0]))
+            self.log("rows", float(batch["input_ids"].shape[0]), batch_size=batch["pair_index"].shape[0])
 
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)

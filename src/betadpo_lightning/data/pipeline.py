@@ -16,6 +16,7 @@ import datasets
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
+import betadpo_lightning
 from betadpo_lightning.data import formats, implicit, render, tokenize, truncation
 from betadpo_lightning.data.formats import ColumnNames, FormatOption, resolve_format
 from betadpo_lightning.data.render import ChatTemplateOption, PairRenderer
@@ -46,8 +47,11 @@ class TokenizationSpec:
 
 
 def code_fingerprint() -> str:
-    """Hash of the source code that turns rows into tokenized pairs."""
-    return Hasher.hash([inspect.getsource(module) for module in (formats, implicit, render, tokenize, truncation)])
+    """Hash of the source code that turns rows into tokenized pairs (of the package version without sources)."""
+    try:
+        return Hasher.hash([inspect.getsource(module) for module in (formats, implicit, render, tokenize, truncation)])
+    except OSError:
+        return Hasher.hash(["betadpo_lightning", betadpo_lightning.__version__])
 
 
 def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:

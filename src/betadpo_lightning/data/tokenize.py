@@ -11,6 +11,9 @@ the prompt's last token and the prompt ids are a prefix of both ``prompt + chose
   (e.g. ``"...<|im_end|>\n"`` when EOS is ``<|im_end|>``).
 * Then :func:`~betadpo_lightning.data.truncation.truncate_pair` fits the pair into the length limits.
 
+Tokenizers that put a space marker in front of every sequence (SentencePiece with a dummy prefix, e.g. Llama 2) put
+one in front of each separately tokenized response too; byte-level BPE tokenizers (GPT-2, Llama 3, Qwen) do not.
+
 :class:`PairTokenizer` is the function given to ``datasets.Dataset.map(batched=True, with_indices=True)``. It keeps
 every row and writes its fate in a ``status`` column (``"ok"``, ``"dropped:<reason>"`` or ``"skipped:<reason>"``)
 and the parts that were cut in a ``truncation`` column, so the caller can count them before filtering.
