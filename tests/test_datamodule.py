@@ -208,6 +208,19 @@ def test_bad_rows_skip_mode_counts_and_logs(fixtures_dir: Path, bpe_tokenizer_di
     assert list(module.splits["train"]["index"]) == [0, 6]
 
 
+def test_no_training_pair_left_is_an_error(tmp_path: Path, bpe_tokenizer_dir: Path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "q", "chosen": "same", "rejected": "same"}) + "\n", encoding="utf-8")
+    module = PreferenceDataModule(dataset=str(data), tokenizer=str(bpe_tokenizer_dir), cache_dir=str(tmp_path),
+                                  val_split=None, on_bad_row="skip")  # fmt: skip
+    module.prepare_data()
+    with (
+        pytest.warns(UserWarning, match="skipped identical_pair=1"),
+        pytest.raises(PreferenceDataError, match=r"no training pair is left after tokenization: .* 0/1 pairs kept"),
+    ):
+        module.setup("fit")
+
+
 def test_truncation_counts(fixtures_dir: Path, bpe_tokenizer_dir: Path, tmp_path: Path):
     module = _ready(dataset=str(fixtures_dir / "over_long.jsonl"), tokenizer=str(bpe_tokenizer_dir),
                     cache_dir=str(tmp_path), val_split=None, max_length=64, max_prompt_length=24)  # fmt: skip

@@ -14,6 +14,7 @@ from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
 from betadpo_lightning.data.collate import collate_preference_pairs
+from betadpo_lightning.data.errors import PreferenceDataError
 from betadpo_lightning.data.formats import ColumnNames, FormatOption
 from betadpo_lightning.data.loading import DataFiles, load_source, load_tokenizer, pick_split
 from betadpo_lightning.data.pipeline import TokenizationSpec, kept_pairs, split_off_validation, tokenize_split
@@ -145,7 +146,7 @@ class PreferenceDataModule(LightningDataModule):
         """Write the synthetic data if needed, then load, tokenize and filter the splits into the ``datasets`` cache."""
         if self.synthetic is not None:
             write_synthetic_dataset(self.synthetic, self._synthetic_root())
-        for data in self._tokenized_splits(self._load_tokenizer(warn=False)).values():
+        for data in self._tokenized_splits(self._load_tokenizer(warn=False), warn=False).values():
             kept_pairs(data)
 
     @override
@@ -158,10 +159,15 @@ class PreferenceDataModule(LightningDataModule):
         if self.splits:
             return
         tokenizer = self._load_tokenizer(warn=True)
-        tokenized = self._tokenized_splits(tokenizer)
-        for split, data in tokenized.items():
-            self.stats[split] = SplitStats.from_columns(data["status"], data["truncation"])
-            log_stats(split, self.stats[split])
+        tokenized = self._tokenized_splits(tokenizer, warn=True)
+        stats = {
+            split: SplitStats.from_columns(data["status"], data["truncation"]) for split, data in tokenized.items()
+        }
+        for split, counts in stats.items():
+            log_stats(split, counts)
+        if stats["train"].kept == 0:
+            raise PreferenceDataError(f"no training pair is left after tokenization: {stats['train'].summary('train')}")
+        self.stats = stats
         self.splits = {split: kept_pairs(data) for split, data in tokenized.items()}
         self.tokenizer = tokenizer
 
@@ -222,12 +228,14 @@ class PreferenceDataModule(LightningDataModule):
             name = str(self._synthetic_folder() / TOKENIZER_FOLDER)
         return load_tokenizer(name, self.tokenizer_kwargs, warn=warn)
 
-    def _tokenized_splits(self, tokenizer: PreTrainedTokenizerBase) -> dict[str, datasets.Dataset]:
+    def _source(self) -> datasets.DatasetDict:
         if self.synthetic is not None:
             files = split_files(self.synthetic, self._synthetic_folder())
-            source = load_source("json", data_files=dict(files), cache_dir=self.cache_dir)
-        else:
-            source = load_source(self.dataset, self.dataset_config, self.data_files, self.cache_dir)
+            return load_source("json", data_files=dict(files), cache_dir=self.cache_dir)
+        return load_source(self.dataset, self.dataset_config, self.data_files, self.cache_dir)
+
+    def _tokenized_splits(self, tokenizer: PreTrainedTokenizerBase, warn: bool) -> dict[str, datasets.Dataset]:
+        source = self._source()
         train = pick_split(source, self.train_split, self.dataset)
         tokenized = {"train": tokenize_split(train, tokenizer, self.spec, self.train_split, self.num_proc)}
         if self.val_fraction is not None:
@@ -237,7 +245,7 @@ class PreferenceDataModule(LightningDataModule):
         elif self.val_split is not None and self.val_split in source:
             raw = source[self.val_split]
             tokenized["validation"] = tokenize_split(raw, tokenizer, self.spec, self.val_split, self.num_proc)
-        elif self.val_split is not None and not (self.synthetic is not None and self.synthetic.validation_size == 0):
+        elif warn and self.val_split is not None and (self.synthetic is None or self.synthetic.validation_size > 0):
             rank_zero_warn(
                 f"dataset '{self.dataset}' has no split '{self.val_split}' (available: {sorted(source)}); "
                 "training without validation (set val_split or val_fraction)"
