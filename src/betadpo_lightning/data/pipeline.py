@@ -23,7 +23,7 @@ from betadpo_lightning.data.render import ChatTemplateOption, PairRenderer
 from betadpo_lightning.data.tokenize import STATUS_OK, TOKENIZED_FEATURES, BadRowPolicy, PairTokenizer
 from betadpo_lightning.data.truncation import TruncationLimits
 
-PAIR_COLUMNS = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids", "index"]
+PAIR_COLUMNS = ["prompt_input_ids", "chosen_input_ids", "rejected_input_ids", "index", "truncation"]
 _FORMAT_SAMPLE = 100
 
 
@@ -124,7 +124,7 @@ def _is_kept(status: list[str]) -> list[bool]:
 
 
 def kept_pairs(tokenized: datasets.Dataset) -> datasets.Dataset:
-    """The kept rows of a tokenized split, with only the pair columns.
+    """The kept rows of a tokenized split: the pair columns and ``truncation`` (the parts cut from each pair).
 
     Args:
         tokenized: Output of :func:`tokenize_split` (or a part of it).
@@ -136,7 +136,7 @@ def kept_pairs(tokenized: datasets.Dataset) -> datasets.Dataset:
         _is_kept,
         input_columns="status",
         batched=True,
-        new_fingerprint=Hasher.hash([tokenized._fingerprint, "kept_pairs", inspect.getsource(_is_kept)]),
+        new_fingerprint=Hasher.hash([tokenized._fingerprint, "kept_pairs", STATUS_OK]),
     )
     return kept.select_columns(PAIR_COLUMNS)
 
