@@ -133,6 +133,19 @@ def test_bos_inside_text_is_a_bad_row(bpe_tokenizer):
     assert out["status"] == ["skipped:unexpected_bos", "skipped:unexpected_bos"]
 
 
+def test_gpt2_style_tokenizer_with_bos_equal_to_eos(bpe_tokenizer):
+    # GPT-2 style: BOS is EOS and nothing is added in front; end-of-turn EOS inside a text is not a stray BOS.
+    bpe_tokenizer.backend_tokenizer.post_processor = None
+    bpe_tokenizer.bos_token = bpe_tokenizer.eos_token
+    eos = bpe_tokenizer.eos_token_id
+    rows = [{"prompt": "Hi<|im_end|>\nHow are you?", "chosen": " Fine<|im_end|>\nThanks", "rejected": " Bad"}]
+    out = tokenize_rows(bpe_tokenizer, rows)
+    assert out["status"] == ["ok"]
+    assert out["prompt_input_ids"][0] == bpe_tokenizer(rows[0]["prompt"], add_special_tokens=False)["input_ids"]
+    assert out["chosen_input_ids"][0].count(eos) == 2
+    assert out["rejected_input_ids"][0][-1] == eos
+
+
 def test_tokenizer_without_eos_is_rejected(bpe_tokenizer):
     bpe_tokenizer.eos_token = None
     with pytest.raises(PreferenceDataError, match="has no EOS token"):

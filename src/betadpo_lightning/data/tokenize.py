@@ -5,7 +5,8 @@ the prompt's last token and the prompt ids are a prefix of both ``prompt + chose
 
 * The prompt gets the tokenizer's leading special tokens (e.g. BOS) unless its text already starts with them (chat
   templates often write BOS themselves). Trailing special tokens that a tokenizer appends to a single sequence (e.g.
-  EOS) are not added to the prompt. BOS may appear only as the first prompt token.
+  EOS) are not added to the prompt. BOS may appear only as the first prompt token (not checked for tokenizers whose
+  BOS is also their EOS, such as GPT-2's, where it legitimately ends turns).
 * A response is tokenized without special tokens, and EOS is appended unless the response text, ignoring trailing
   whitespace, already ends with the EOS token — as chat templates whose end-of-turn token is EOS render it
   (e.g. ``"...<|im_end|>\n"`` when EOS is ``<|im_end|>``).
@@ -200,7 +201,7 @@ class PairTokenizer:
                 field=self.renderer.names.prompt,
                 reason="empty_text",
             )
-        if bos is None:
+        if bos is None or bos == eos:  # with BOS == EOS (e.g. GPT-2) every end of turn looks like a BOS
             return
         if bos in prompt[1:]:
             raise PreferenceDataError(
@@ -210,8 +211,7 @@ class PairTokenizer:
                 reason="unexpected_bos",
             )
         for name, ids in responses.items():
-            body = ids[:-1] if bos == eos and ids and ids[-1] == eos else ids
-            if bos in body:
+            if bos in ids:
                 field = getattr(self.renderer.names, name)
                 raise PreferenceDataError(
                     f"the response holds the BOS token (id {bos}); expected no BOS in a response",
