@@ -103,6 +103,16 @@ def test_ultrafeedback_conversational_rows(fixtures_dir: Path, bpe_tokenizer_dir
         assert chosen == row["chosen"][-1]["content"] + "<|im_end|>\n"
 
 
+def test_builder_name_with_data_files(fixtures_dir: Path, bpe_tokenizer_dir: Path, tmp_path: Path):
+    files = {"train": str(fixtures_dir / "standard.jsonl"), "validation": str(fixtures_dir / "bad_rows.jsonl")}
+    # The splits are loaded one by one: the mixed-type 'chosen' column of bad_rows.jsonl keeps its values.
+    with pytest.warns(UserWarning, match="'validation': 2/7 pairs kept; skipped empty_text=2, identical_pair=1"):
+        module = _ready(dataset="json", data_files=files, tokenizer=str(bpe_tokenizer_dir), cache_dir=str(tmp_path),
+                        on_bad_row="skip", eval_batch_size=1)  # fmt: skip
+    assert (module.stats["train"].kept, module.stats["validation"].kept) == (6, 2)
+    assert [batch["pair_index"].tolist() for batch in module.val_dataloader()] == [[0], [6]]
+
+
 def test_pad_token_falls_back_to_eos_with_warning(standard_files, bpe_tokenizer_dir: Path, tmp_path: Path):
     with pytest.warns(UserWarning, match="has no pad token; using its EOS token"):
         module = _ready(dataset=str(standard_files["jsonl"]), tokenizer=str(bpe_tokenizer_dir), val_split=None,

@@ -7,6 +7,9 @@ A source is one of:
 * a local folder: ``datasets`` infers the splits from the file names (e.g. ``train.jsonl``, ``validation.jsonl``);
 * a builder name such as ``"json"``, ``"parquet"`` or ``"csv"`` together with ``data_files``;
 * a dataset name on the Hugging Face Hub, with an optional config name.
+
+The splits of a ``data_files`` mapping (and of a single file) are loaded one at a time, so that the column types of
+one split never change the values of another.
 """
 
 from __future__ import annotations
@@ -75,14 +78,20 @@ def load_source(
     """
     path = Path(dataset)
     if data_files is None and path.is_file():
-        loaded = datasets.load_dataset(builder_for_file(path), data_files={"train": str(path)}, cache_dir=cache_dir)
-    else:
-        loaded = datasets.load_dataset(
-            dataset,
-            config_name,
-            data_files=data_files,  # type: ignore[arg-type]
-            cache_dir=cache_dir,
+        dataset, data_files = builder_for_file(path), {"train": str(path)}
+    if isinstance(data_files, Mapping):
+        # One split at a time: loaded together, a column of mixed types in one split would be cast to the type of
+        # the others (a mixed JSON column becomes JSON text), silently changing the values.
+        loaded = datasets.DatasetDict(
+            {
+                split: datasets.load_dataset(dataset, config_name, data_files={split: files}, cache_dir=cache_dir)[
+                    split
+                ]
+                for split, files in data_files.items()
+            }
         )
+    else:
+        loaded = datasets.load_dataset(dataset, config_name, data_files=data_files, cache_dir=cache_dir)
     if not isinstance(loaded, datasets.DatasetDict) or not loaded:
         raise PreferenceDataError(f"expected '{dataset}' to load as named splits, got {type(loaded).__name__}")
     return loaded
