@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,6 +132,19 @@ def test_files_are_deterministic_for_a_seed(tmp_path: Path):
     assert (other / "tokenizer" / "tokenizer.json").read_bytes() == (
         first / "tokenizer" / "tokenizer.json"
     ).read_bytes()
+
+
+@pytest.mark.slow
+def test_files_are_identical_across_processes(tmp_path: Path):
+    config = SyntheticConfig(train_size=64, validation_size=16, label_noise=0.1, seed=11)
+    here = write_synthetic_dataset(config, tmp_path / "here")
+    script = (
+        "import sys; from betadpo_lightning.data.synthetic import SyntheticConfig, write_synthetic_dataset; "
+        f"write_synthetic_dataset(SyntheticConfig(**{config.__dict__!r}), sys.argv[1])"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "123"}
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "there")], check=True, env=env, timeout=120)
+    assert _files(here) == _files(tmp_path / "there" / here.name)
 
 
 def test_written_rows_and_existing_folder_reuse(tmp_path: Path):
