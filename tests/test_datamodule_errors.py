@@ -69,6 +69,13 @@ def test_missing_chat_template_for_conversational_data(fixtures_dir, bpe_tokeniz
                                   cache_dir=str(tmp_path / "cache"))  # fmt: skip
     with pytest.raises(PreferenceDataError, match=rf"tokenizer '{plain}' has no chat template"):
         module.prepare_data()
+    # The fix the message suggests: a template passed through tokenizer_kwargs.
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    template += "{% if add_generation_prompt %}[assistant] {% endif %}"
+    fixed = _ready(dataset=str(fixtures_dir / "ultrafeedback.jsonl"), tokenizer=str(plain), val_split=None,
+                   tokenizer_kwargs={"chat_template": template}, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    prompt = fixed.tokenizer.decode(fixed.splits["train"][0]["prompt_input_ids"], skip_special_tokens=True)
+    assert prompt == "[user] Write a haiku about autumn leaves.\n[assistant] "
 
 
 def test_unknown_split_and_suffix(fixtures_dir: Path, bpe_tokenizer_dir: Path, tmp_path: Path):
