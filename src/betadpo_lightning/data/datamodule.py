@@ -1,0 +1,284 @@
+"""``PreferenceDataModule``: preference datasets in, exactly tokenized pairs out."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import datasets
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+from transformers import PreTrainedTokenizerBase
+from typing_extensions import override
+
+from betadpo_lightning.data.collate import collate_preference_pairs
+from betadpo_lightning.data.errors import PreferenceDataError
+from betadpo_lightning.data.formats import ColumnNames, FormatOption
+from betadpo_lightning.data.loading import DataFiles, load_source, load_tokenizer, pick_split
+from betadpo_lightning.data.pipeline import TokenizationSpec, kept_pairs, split_off_validation, tokenize_split
+from betadpo_lightning.data.render import ChatTemplateOption
+from betadpo_lightning.data.stats import SplitStats, log_stats
+from betadpo_lightning.data.synthetic import SyntheticConfig, split_files, synthetic_dir, write_synthetic_dataset
+from betadpo_lightning.data.synthetic.files import TOKENIZER_FOLDER
+from betadpo_lightning.data.tokenize import BadRowPolicy
+from betadpo_lightning.data.truncation import TruncationLimits
+
+SYNTHETIC = "synthetic"
+TokenizerKwargs = dict[str, str | int | float | bool | None]
+
+
+class PreferenceDataModule(LightningDataModule):
+    """Loads a preference dataset, tokenizes it once into exact prompt/response pairs and serves pair batches.
+
+    ``prepare_data`` (once per node) loads the source and tokenizes it through ``datasets.map``, whose Arrow cache is
+    keyed by a fingerprint of the data, tokenizer and settings; ``setup`` (on every process) reads the same cached
+    data, computes :attr:`stats` and logs them. Batches follow the contract of
+    :func:`~betadpo_lightning.data.collate.collate_preference_pairs`.
+
+    Args:
+        dataset: ``"synthetic"`` for the built-in dataset; a local ``.json``/``.jsonl``/``.parquet``/``.csv`` file
+            (its rows form the ``"train"`` split); a local folder of such files named by split (e.g.
+            ``train.jsonl``); a ``datasets`` builder name (``"json"``, ``"parquet"``, ``"csv"``) used with
+            ``data_files``; or a dataset name on the Hugging Face Hub.
+        dataset_config: Config (subset) name of the dataset, if it has several.
+        data_files: Files to read, as ``datasets.load_dataset`` takes them (a path, a list, or split → paths).
+        train_split: Name of the training split.
+        val_split: Name of the validation split; a missing one means no validation, with a warning. Not used when
+            ``val_fraction`` is set.
+        val_fraction: Share of the training split held out for validation (drawn with ``seed``), in ``(0, 1)``.
+        prompt_column: Column holding the prompt (a string or a message list).
+        chosen_column: Column holding the preferred response (a string or a message list).
+        rejected_column: Column holding the dispreferred response (a string or a message list).
+        format: ``"auto"`` to detect from the columns, or ``"standard"``, ``"conversational"`` or ``"implicit"``
+            (see :mod:`betadpo_lightning.data.formats`).
+        tokenizer: Hub name or local folder of the tokenizer; defaults to the synthetic tokenizer when
+            ``dataset="synthetic"`` and is required otherwise.
+        tokenizer_kwargs: Extra arguments of ``AutoTokenizer.from_pretrained`` (e.g. ``{"revision": "main"}``).
+        chat_template: Render rows with the tokenizer's chat template: ``"auto"`` for message lists only, ``True``
+            also for standard string rows (prompt as a user turn, responses as assistant turns), ``False`` never.
+        max_length: Most tokens of prompt + response per row (``None``: no limit).
+        max_prompt_length: Most prompt tokens, cut from the left (``None``: only ``max_length`` applies).
+        min_response_length: Response tokens the prompt is cut further to make room for.
+        on_bad_row: ``"error"`` raises on a malformed row, naming its index and field; ``"skip"`` drops it and
+            counts it in :attr:`stats`.
+        batch_size: Preference pairs per training batch and device (a batch holds ``2 * batch_size`` rows).
+        eval_batch_size: Pairs per validation batch and device (defaults to ``batch_size``).
+        num_workers: Worker processes of each data loader.
+        num_proc: Processes for tokenization (``None``: in the main process).
+        pad_to_multiple_of: Pad each batch's length up to a multiple of this, if set.
+        cache_dir: Cache folder for ``datasets`` and the synthetic data (the ``datasets`` cache when ``None``).
+        seed: Seed of the training shuffle and of the ``val_fraction`` split.
+        synthetic: Options of the synthetic dataset (its defaults when ``None``); only for ``dataset="synthetic"``.
+    """
+
+    def __init__(
+        self,
+        dataset: str = SYNTHETIC,
+        dataset_config: str | None = None,
+        data_files: str | list[str] | dict[str, str | list[str]] | None = None,
+        train_split: str = "train",
+        val_split: str | None = "validation",
+        val_fraction: float | None = None,
+        prompt_column: str = "prompt",
+        chosen_column: str = "chosen",
+        rejected_column: str = "rejected",
+        format: FormatOption = "auto",
+        tokenizer: str | None = None,
+        tokenizer_kwargs: TokenizerKwargs | None = None,
+        chat_template: ChatTemplateOption = "auto",
+        max_length: int | None = 1024,
+        max_prompt_length: int | None = 512,
+        min_response_length: int = 1,
+        on_bad_row: BadRowPolicy = "error",
+        batch_size: int = 8,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        num_proc: int | None = None,
+        pad_to_multiple_of: int | None = None,
+        cache_dir: str | None = None,
+        seed: int = 0,
+        synthetic: SyntheticConfig | None = None,
+    ) -> None:
+        super().__init__()
+        _check_options(dataset, tokenizer, synthetic, val_fraction, format, chat_template, on_bad_row)
+        _check_positive(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_proc=num_proc,
+            pad_to_multiple_of=pad_to_multiple_of,
+        )
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be at least 0, got {num_workers}")
+        self.dataset = dataset
+        self.dataset_config = dataset_config
+        self.data_files: DataFiles | None = data_files
+        self.train_split = train_split
+        self.val_split = val_split
+        self.val_fraction = val_fraction
+        self.tokenizer_name = tokenizer
+        self.tokenizer_kwargs = dict(tokenizer_kwargs or {})
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.num_proc = num_proc
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self.cache_dir = cache_dir
+        self.seed = seed
+        self.synthetic = (synthetic or SyntheticConfig()) if dataset == SYNTHETIC else None
+        self.spec = TokenizationSpec(
+            names=ColumnNames(prompt_column, chosen_column, rejected_column),
+            format=format,
+            chat_template=chat_template,
+            limits=TruncationLimits(max_length, max_prompt_length, min_response_length),
+            on_bad_row=on_bad_row,
+        )
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        """The tokenizer, with a pad token; set by :meth:`setup`."""
+        self.stats: dict[str, SplitStats] = {}
+        """Kept/dropped/skipped/truncated row counts per split (``"train"``, ``"validation"``); set by :meth:`setup`."""
+        self.splits: dict[str, datasets.Dataset] = {}
+        """The kept pairs per split; set by :meth:`setup`."""
+
+    @override
+    def prepare_data(self) -> None:
+        """Write the synthetic data if needed, then load, tokenize and filter the splits into the ``datasets`` cache."""
+        if self.synthetic is not None:
+            write_synthetic_dataset(self.synthetic, self._synthetic_root())
+        for data in self._tokenized_splits(self._load_tokenizer(warn=False), warn=False).values():
+            kept_pairs(data)
+
+    @override
+    def setup(self, stage: str) -> None:
+        """Load the tokenizer and the cached tokenized splits; compute and log :attr:`stats`.
+
+        Args:
+            stage: The trainer stage (``"fit"``, ``"validate"``, ...); all stages load the same splits.
+        """
+        if self.splits:
+            return
+        tokenizer = self._load_tokenizer(warn=True)
+        tokenized = self._tokenized_splits(tokenizer, warn=True)
+        stats = {
+            split: SplitStats.from_columns(data["status"], data["truncation"]) for split, data in tokenized.items()
+        }
+        for split, counts in stats.items():
+            log_stats(split, counts)
+        if stats["train"].kept == 0:
+            raise PreferenceDataError(f"no training pair is left after tokenization: {stats['train'].summary('train')}")
+        self.stats = stats
+        self.splits = {split: kept_pairs(data) for split, data in tokenized.items()}
+        self.tokenizer = tokenizer
+
+    @override
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches, in an order fixed by ``seed``; the last, smaller batch is kept."""
+        generator = torch.Generator().manual_seed(self.seed)
+        return self._loader(self._split("train"), self.batch_size, shuffle=True, generator=generator)
+
+    @override
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Validation batches in dataset order, or an empty list when there is no validation split."""
+        if "validation" not in self.splits:
+            self._split("train")  # raises if setup has not run
+            return []
+        return self._loader(self.splits["validation"], self.eval_batch_size, shuffle=False)
+
+    def _loader(
+        self, data: datasets.Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
+    ) -> DataLoader:
+        if self.tokenizer is None:
+            raise RuntimeError("PreferenceDataModule: call prepare_data() and setup() before asking for data loaders")
+        collate = functools.partial(
+            collate_preference_pairs,
+            pad_token_id=self.tokenizer.pad_token_id,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+        )
+        return DataLoader(
+            data,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            shuffle=shuffle,
+            generator=generator,
+            drop_last=False,
+            num_workers=self.num_workers,
+            collate_fn=collate,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _split(self, name: str) -> datasets.Dataset:
+        if not self.splits:
+            raise RuntimeError("PreferenceDataModule: call prepare_data() and setup() before asking for data loaders")
+        return self.splits[name]
+
+    def _synthetic_root(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir is not None else Path(datasets.config.HF_DATASETS_CACHE)
+
+    def _synthetic_folder(self) -> Path:
+        if self.synthetic is None:
+            raise RuntimeError(f"dataset '{self.dataset}' is not the synthetic dataset")
+        folder = synthetic_dir(self.synthetic, self._synthetic_root())
+        if not folder.is_dir():
+            raise RuntimeError(f"synthetic data not found at '{folder}'; call prepare_data() before setup()")
+        return folder
+
+    def _load_tokenizer(self, warn: bool) -> PreTrainedTokenizerBase:
+        name = self.tokenizer_name
+        if name is None:
+            name = str(self._synthetic_folder() / TOKENIZER_FOLDER)
+        return load_tokenizer(name, self.tokenizer_kwargs, warn=warn)
+
+    def _source(self) -> datasets.DatasetDict:
+        if self.synthetic is not None:
+            files = split_files(self.synthetic, self._synthetic_folder())
+            return load_source("json", data_files=dict(files), cache_dir=self.cache_dir)
+        return load_source(self.dataset, self.dataset_config, self.data_files, self.cache_dir)
+
+    def _tokenized_splits(self, tokenizer: PreTrainedTokenizerBase, warn: bool) -> dict[str, datasets.Dataset]:
+        source = self._source()
+        train = pick_split(source, self.train_split, self.dataset)
+        tokenized = {"train": tokenize_split(train, tokenizer, self.spec, self.train_split, self.num_proc)}
+        if self.val_fraction is not None:
+            tokenized["train"], tokenized["validation"] = split_off_validation(
+                tokenized["train"], self.val_fraction, self.seed
+            )
+        elif self.val_split is not None and self.val_split in source:
+            raw = source[self.val_split]
+            tokenized["validation"] = tokenize_split(raw, tokenizer, self.spec, self.val_split, self.num_proc)
+        elif warn and self.val_split is not None and (self.synthetic is None or self.synthetic.validation_size > 0):
+            rank_zero_warn(
+                f"dataset '{self.dataset}' has no split '{self.val_split}' (available: {sorted(source)}); "
+                "training without validation (set val_split or val_fraction)"
+            )
+        return tokenized
+
+
+def _check_options(
+    dataset: str,
+    tokenizer: str | None,
+    synthetic: SyntheticConfig | None,
+    val_fraction: float | None,
+    format: str,
+    chat_template: object,
+    on_bad_row: str,
+) -> None:
+    if dataset != SYNTHETIC and tokenizer is None:
+        raise ValueError(f"dataset '{dataset}' needs a tokenizer (name or path); only 'synthetic' brings its own")
+    if dataset != SYNTHETIC and synthetic is not None:
+        raise ValueError(f"synthetic options were given, but dataset is '{dataset}', not 'synthetic'")
+    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    choices: dict[str, tuple[object, tuple[object, ...]]] = {
+        "format": (format, ("auto", "standard", "conversational", "implicit")),
+        "chat_template": (chat_template, ("auto", True, False)),
+        "on_bad_row": (on_bad_row, ("error", "skip")),
+    }
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")

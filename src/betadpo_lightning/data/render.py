@@ -1,0 +1,216 @@
+"""Turn one raw preference row into three texts: the prompt and the two responses that continue it.
+
+Conversational rows are rendered with the tokenizer's chat template: the prompt messages with
+``add_generation_prompt=True``, and each response as the text that the full conversation (prompt messages +
+response messages) adds after the rendered prompt. A template whose rendered prompt is not a prefix of the rendered
+conversation cannot give an exact boundary, so such a row is an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from jinja2 import TemplateError
+from transformers import PreTrainedTokenizerBase
+
+from betadpo_lightning.data.errors import PreferenceDataError
+from betadpo_lightning.data.formats import ColumnNames, Message, ResolvedFormat, as_messages, as_text
+from betadpo_lightning.data.implicit import (
+    check_assistant_turns,
+    common_message_prefix,
+    split_implicit_messages,
+    split_implicit_text,
+)
+
+ChatTemplateOption = bool | Literal["auto"]
+
+
+@dataclass(frozen=True)
+class RenderedPair:
+    """A preference pair as text, split exactly at the prompt/response boundary.
+
+    Args:
+        prompt: The prompt text (rendered with the generation prompt when a chat template is used).
+        chosen: Text of the preferred response, continuing ``prompt``.
+        rejected: Text of the dispreferred response, continuing ``prompt``.
+    """
+
+    prompt: str
+    chosen: str
+    rejected: str
+
+
+def uses_chat_template(tokenizer: PreTrainedTokenizerBase, fmt: ResolvedFormat, option: ChatTemplateOption) -> bool:
+    """Decide whether rows are rendered with the chat template, and check that it can be done.
+
+    ``"auto"`` uses the template for message lists only. ``True`` also wraps standard string rows into a user turn
+    and an assistant turn. Message lists cannot be used without a template.
+
+    Args:
+        tokenizer: The tokenizer whose ``chat_template`` would be used.
+        fmt: The resolved data format.
+        option: ``"auto"``, ``True`` or ``False``.
+
+    Returns:
+        Whether to render with the chat template.
+
+    Raises:
+        PreferenceDataError: If the data needs a template that is missing or disabled, or a template is requested
+            for implicit string rows (their turns are marked in the text itself).
+    """
+    use = fmt.messages if option == "auto" else bool(option)
+    if fmt.messages and not use:
+        raise PreferenceDataError(
+            "the data holds message lists, which need a chat template; set chat_template to 'auto' or true"
+        )
+    if use and not fmt.messages and fmt.format == "implicit":
+        raise PreferenceDataError(
+            "chat_template=true cannot be used with implicit-prompt string rows, whose turns "
+            "are already written in the text; set chat_template to 'auto' or false"
+        )
+    if use and tokenizer.chat_template is None:
+        raise PreferenceDataError(
+            f"tokenizer '{tokenizer.name_or_path}' has no chat template, but the rows are rendered as conversations "
+            "(pass a tokenizer with a chat template, or a tokenizer_kwargs entry 'chat_template')",
+            reason="no_chat_template",
+        )
+    return use
+
+
+class PairRenderer:
+    """Render raw rows of one split into :class:`RenderedPair` texts.
+
+    Args:
+        tokenizer: Tokenizer whose chat template renders conversations.
+        fmt: The resolved format of the split.
+        names: The preference column names.
+        chat_template: ``"auto"``, ``True`` or ``False`` (see :func:`uses_chat_template`).
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        fmt: ResolvedFormat,
+        names: ColumnNames,
+        chat_template: ChatTemplateOption = "auto",
+    ) -> None:
+        self.tokenizer = tokenizer
+        self.fmt = fmt
+        self.names = names
+        self.use_template = uses_chat_template(tokenizer, fmt, chat_template)
+
+    def render(self, row: dict[str, object], index: int) -> RenderedPair:
+        """Render one raw row.
+
+        Args:
+            row: The row's values by column name.
+            index: The row's index in its source split.
+
+        Returns:
+            The prompt and response texts.
+
+        Raises:
+            PreferenceDataError: Naming the row and field, if the row is malformed or cannot be rendered exactly.
+        """
+        if self.fmt.messages:
+            return self._render_messages(row, index)
+        return self._render_text(row, index)
+
+    def _render_text(self, row: dict[str, object], index: int) -> RenderedPair:
+        names = self.names
+        chosen = as_text(row.get(names.chosen), index, names.chosen)
+        rejected = as_text(row.get(names.rejected), index, names.rejected)
+        _check_distinct(chosen, rejected, index, names)
+        if self.fmt.format == "implicit":
+            return RenderedPair(*split_implicit_text(chosen, rejected, index, names))
+        prompt = as_text(row.get(names.prompt), index, names.prompt)
+        if not self.use_template:
+            return RenderedPair(prompt, chosen, rejected)
+        return self._render_conversation(
+            [{"role": "user", "content": prompt}],
+            [{"role": "assistant", "content": chosen}],
+            [{"role": "assistant", "content": rejected}],
+            index,
+        )
+
+    def _render_messages(self, row: dict[str, object], index: int) -> RenderedPair:
+        names = self.names
+        chosen = as_messages(row.get(names.chosen), index, names.chosen)
+        rejected = as_messages(row.get(names.rejected), index, names.rejected)
+        _check_distinct(chosen, rejected, index, names)
+        if self.fmt.format == "implicit":
+            prompt, chosen, rejected = split_implicit_messages(chosen, rejected, index, names)
+        else:
+            prompt = self._prompt_messages(row.get(names.prompt), index)
+            chosen = self._response_messages(prompt, chosen, index, names.chosen)
+            rejected = self._response_messages(prompt, rejected, index, names.rejected)
+            _check_distinct(chosen, rejected, index, names)
+        return self._render_conversation(prompt, chosen, rejected, index)
+
+    def _prompt_messages(self, value: object, index: int) -> list[Message]:
+        if isinstance(value, str):
+            return [{"role": "user", "content": as_text(value, index, self.names.prompt)}]
+        return as_messages(value, index, self.names.prompt)
+
+    @staticmethod
+    def _response_messages(prompt: list[Message], messages: list[Message], index: int, field: str) -> list[Message]:
+        # A response holds either the whole conversation (starting with the prompt messages) or only what follows.
+        after = len(prompt) if common_message_prefix(prompt, messages) == len(prompt) else 0
+        check_assistant_turns(messages, after, index, field)
+        response = messages[after:]
+        if not "".join(message["content"] for message in response).strip():
+            raise PreferenceDataError(
+                "expected non-empty response content, got only blank messages",
+                row=index,
+                field=field,
+                reason="empty_text",
+            )
+        return response
+
+    def _apply(self, messages: list[Message], index: int, field: str, generation_prompt: bool) -> str:
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+        except TemplateError as error:
+            raise PreferenceDataError(
+                f"the chat template of '{self.tokenizer.name_or_path}' failed: {error}",
+                row=index,
+                field=field,
+                reason="template_error",
+            ) from error
+        if not isinstance(text, str):
+            raise TypeError(f"apply_chat_template(tokenize=False) returned {type(text).__name__}, expected str")
+        return text
+
+    def _render_conversation(
+        self, prompt: list[Message], chosen: list[Message], rejected: list[Message], index: int
+    ) -> RenderedPair:
+        prompt_text = self._apply(prompt, index, self.names.prompt, generation_prompt=True)
+        responses = []
+        for field, response in ((self.names.chosen, chosen), (self.names.rejected, rejected)):
+            full = self._apply(prompt + response, index, field, generation_prompt=False)
+            if not full.startswith(prompt_text):
+                raise PreferenceDataError(
+                    "the chat template's rendered prompt (with add_generation_prompt=True) is not a prefix of the "
+                    f"rendered conversation, so the response boundary is not exact; prompt ends {prompt_text[-60:]!r}, "
+                    f"conversation has {full[max(0, len(prompt_text) - 60) : len(prompt_text) + 20]!r} there",
+                    row=index,
+                    field=field,
+                    reason="template_mismatch",
+                )
+            responses.append(full[len(prompt_text) :])
+        return RenderedPair(prompt_text, responses[0], responses[1])
+
+
+def _check_distinct(chosen: object, rejected: object, index: int, names: ColumnNames) -> None:
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        same = len(chosen) == len(rejected) == common_message_prefix(chosen, rejected)
+    else:
+        same = chosen == rejected
+    if same:
+        raise PreferenceDataError(
+            f"expected '{names.rejected}' to differ from '{names.chosen}', got the same response",
+            row=index,
+            field=names.rejected,
+            reason="identical_pair",
+        )
