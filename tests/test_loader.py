@@ -66,3 +66,24 @@ def test_a_finished_epoch_resumes_at_the_next_one():
 def test_needs_a_resumable_sampler():
     with pytest.raises(TypeError, match="ResumableSampler"):
         ResumableDataLoader(RandomPairs(4), batch_size=2)
+
+
+def test_the_datamodule_serves_this_ranks_resumable_share(tmp_path):
+    from betadpo_lightning.data import PreferenceDataModule, SyntheticConfig
+
+    data = PreferenceDataModule(
+        dataset="synthetic",
+        synthetic=SyntheticConfig(train_size=24, validation_size=4),
+        batch_size=4,
+        cache_dir=str(tmp_path),
+        seed=3,
+    )
+    data.prepare_data()
+    data.setup("fit")
+    loader = data.train_dataloader()
+    assert isinstance(loader, ResumableDataLoader)
+    first = _indices(loader)
+    assert sorted(i for batch in first for i in batch) == list(range(24))
+    resumed = data.train_dataloader()
+    resumed.load_state_dict({"epoch": 0, "batches": 2})
+    assert _indices(resumed) == first[2:]

@@ -198,3 +198,33 @@ def test_non_finite_margins_stop_training():
     )
     with pytest.raises(FloatingPointError, match="non-finite"):
         module._step(batch, "train")
+
+
+def test_activation_checkpointing_changes_no_number():
+    pl.seed_everything(0)
+    plain = _module()
+    plain.configure_model()
+    pl.seed_everything(0)
+    checkpointed = _module(gradient_checkpointing=True)
+    checkpointed.configure_model()
+    batch = collate_pairs([RandomPairs(8)[i] for i in range(4)])
+    for module in (plain, checkpointed):
+        module.log = lambda *args, **kwargs: None
+        module.policy.train()
+        module._step(batch, "train")["loss"].backward()
+    assert checkpointed.policy.is_activation_checkpointing
+    assert not plain.policy.is_activation_checkpointing
+    for (name, a), b in zip(plain.policy.named_parameters(), checkpointed.policy.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, msg=name)
+
+
+def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
+    class BigTokenizerData(pl.LightningDataModule):
+        tokenizer = tuple(range(TINY_LLAMA["vocab_size"] + 1))  # len() is all the check reads
+
+        def train_dataloader(self):
+            return resumable_loader(RandomPairs(8), 4)
+
+    pl.seed_everything(0)
+    with pytest.raises(ValueError, match="embedding has 48 rows"):
+        _trainer(tmp_path, 1).fit(_module(), datamodule=BigTokenizerData())

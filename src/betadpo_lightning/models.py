@@ -8,7 +8,15 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-__all__ = ["DType", "build_causal_lm", "disable_dropout", "freeze", "frozen_copy", "resolve_dtype"]
+__all__ = [
+    "DType",
+    "build_causal_lm",
+    "disable_dropout",
+    "enable_activation_checkpointing",
+    "freeze",
+    "frozen_copy",
+    "resolve_dtype",
+]
 
 DType = Literal["float32", "bfloat16", "float16", "auto"]
 
@@ -94,6 +102,17 @@ def disable_dropout(model: nn.Module) -> None:
         for name, value in vars(config).items():
             if "dropout" in name and isinstance(value, float):
                 setattr(config, name, 0.0)
+
+
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in the backward pass (non-reentrant), with the API of the installed ``transformers``."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if getattr(model, "config", None) is not None:
+        model.config.use_cache = False
 
 
 def freeze(model: nn.Module) -> nn.Module:

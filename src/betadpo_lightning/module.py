@@ -19,7 +19,14 @@ from betadpo_lightning.callbacks.protocol import BetaProvider, static_decision
 from betadpo_lightning.checks import check_batch, check_finite, weights_fingerprint
 from betadpo_lightning.logps import sequence_logps
 from betadpo_lightning.losses import PAIR_LOSSES, dpo_margins
-from betadpo_lightning.models import DType, build_causal_lm, disable_dropout, freeze, frozen_copy
+from betadpo_lightning.models import (
+    DType,
+    build_causal_lm,
+    disable_dropout,
+    enable_activation_checkpointing,
+    freeze,
+    frozen_copy,
+)
 from betadpo_lightning.parallel import fully_shard_causal_lm
 from betadpo_lightning.schedulers import LinearWarmup
 
@@ -121,8 +128,7 @@ class PreferenceModule(pl.LightningModule):
             disable_dropout(policy)
             disable_dropout(reference)
         if hp.gradient_checkpointing:
-            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            policy.config.use_cache = False
+            enable_activation_checkpointing(policy)
         self.policy = policy
         self._frozen["reference"] = self._shard(policy, reference)
         total = sum(p.numel() for p in reference.parameters())

@@ -6,7 +6,6 @@ import functools
 from pathlib import Path
 
 import datasets
-import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
@@ -16,6 +15,7 @@ from typing_extensions import override
 from betadpo_lightning.data.collate import collate_preference_pairs
 from betadpo_lightning.data.errors import PreferenceDataError
 from betadpo_lightning.data.formats import ColumnNames, FormatOption
+from betadpo_lightning.data.loader import resumable_train_loader
 from betadpo_lightning.data.loading import DataFiles, load_source, load_tokenizer, pick_split
 from betadpo_lightning.data.pipeline import TokenizationSpec, kept_pairs, split_off_validation, tokenize_split
 from betadpo_lightning.data.render import ChatTemplateOption
@@ -173,9 +173,22 @@ class PreferenceDataModule(LightningDataModule):
 
     @override
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches, in an order fixed by ``seed``; the last, smaller batch is kept."""
-        generator = torch.Generator().manual_seed(self.seed)
-        return self._loader(self._split("train"), self.batch_size, shuffle=True, generator=generator)
+        """Shuffled training batches of this rank, in an order fixed by ``seed`` and the epoch; resumable mid-epoch.
+
+        Each rank gets its share of one permutation (a :class:`~torch.utils.data.DistributedSampler`, which Lightning
+        keeps as it is); the loader's position is saved in checkpoints, so a resumed run continues with the next
+        batch. The last, smaller batch is kept.
+        """
+        trainer = self.trainer  # None outside a Trainer run: one process
+        return resumable_train_loader(
+            self._split("train"),  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+            collate_fn=self._collate(),
+            seed=self.seed,
+            num_replicas=trainer.world_size if trainer is not None else 1,
+            rank=trainer.global_rank if trainer is not None else 0,
+            num_workers=self.num_workers,
+        )
 
     @override
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
@@ -185,24 +198,23 @@ class PreferenceDataModule(LightningDataModule):
             return []
         return self._loader(self.splits["validation"], self.eval_batch_size, shuffle=False)
 
-    def _loader(
-        self, data: datasets.Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None
-    ) -> DataLoader:
+    def _collate(self) -> functools.partial:
         if self.tokenizer is None:
             raise RuntimeError("PreferenceDataModule: call prepare_data() and setup() before asking for data loaders")
-        collate = functools.partial(
+        return functools.partial(
             collate_preference_pairs,
             pad_token_id=self.tokenizer.pad_token_id,
             pad_to_multiple_of=self.pad_to_multiple_of,
         )
+
+    def _loader(self, data: datasets.Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
             data,  # type: ignore[arg-type]
             batch_size=batch_size,
             shuffle=shuffle,
-            generator=generator,
             drop_last=False,
             num_workers=self.num_workers,
-            collate_fn=collate,
+            collate_fn=self._collate(),
             persistent_workers=self.num_workers > 0,
         )
 
