@@ -79,3 +79,14 @@ def test_quickstart_runs_end_to_end(tmp_path):
     assert len(accuracies) == 3  # validation every 100 steps
     assert any(r.get("train/beta") for r in rows)
     assert list(tmp_path.glob("quickstart/version_*/checkpoints/*.ckpt"))
+
+
+def test_print_config_shows_the_resolved_values(capsys):
+    config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--beta.rho", "0.3", "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "rho: 0.3" in out
+    assert "class_path: betadpo_lightning.schedulers.LinearWarmup" in out
+    assert "model_type: llama" in out
