@@ -10,23 +10,13 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from betadpo_lightning.callbacks import BetaDecision, DynamicBetaCallback, static_decision
 from helpers.protocol_module import PairScorer
+from helpers.trainers import quiet_trainer
 
 CONTROLLER = {"beta": 0.2, "alpha": 0.5, "rho": 0.25, "momentum": 0.8, "seed": 3}
 
 
 def _trainer(tmp_path, max_steps, callback, **kwargs):
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=max_steps,
-        callbacks=[callback],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    return quiet_trainer(tmp_path, max_steps, [callback], **kwargs)
 
 
 def test_foreign_module_gets_the_single_process_beta_mask_and_gradient(tmp_path):

@@ -14,6 +14,7 @@ from betadpo_lightning.module import PreferenceModule
 from helpers.ddp_checks import AccuracyCheck, CrossRankCheck
 from helpers.protocol_module import PairScorer
 from helpers.tiny import TINY_LLAMA, RandomPairsData
+from helpers.trainers import quiet_trainer
 
 pytestmark = [
     pytest.mark.distributed,
@@ -25,19 +26,7 @@ CONTROLLER = {"beta": 0.2, "alpha": 0.5, "rho": 0.25, "momentum": 0.8, "seed": 3
 
 
 def _ddp_trainer(tmp_path, max_steps, callbacks, **kwargs):
-    return pl.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        max_steps=max_steps,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        **kwargs,
-    )
+    return quiet_trainer(tmp_path, max_steps, callbacks, devices=2, strategy="ddp_spawn", **kwargs)
 
 
 def test_uneven_ranks_match_the_single_process_step(tmp_path):

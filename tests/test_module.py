@@ -14,6 +14,7 @@ from betadpo_lightning.losses import dpo_loss
 from betadpo_lightning.module import PreferenceModule
 from helpers.recorder import Recorder, params_of
 from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs, resumable_loader
+from helpers.trainers import quiet_trainer
 
 
 def _adamw(params):
@@ -25,19 +26,9 @@ def _module(**kwargs) -> PreferenceModule:
 
 
 def _trainer(tmp_path, max_steps: int, callbacks=(), **kwargs) -> pl.Trainer:
-    defaults = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "max_steps": max_steps,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "log_every_n_steps": 1,
-        "default_root_dir": tmp_path,
-        "num_sanity_val_steps": 0,
-    }
-    return pl.Trainer(callbacks=list(callbacks), **{**defaults, **kwargs})
+    return quiet_trainer(
+        tmp_path, max_steps, callbacks, **{"log_every_n_steps": 1, "num_sanity_val_steps": 0, **kwargs}
+    )
 
 
 def test_fit_changes_the_policy_and_nothing_else(tmp_path):
