@@ -87,3 +87,29 @@ def synthetic_tokenizer():
     from betadpo_lightning.data.synthetic import build_synthetic_tokenizer
 
     return build_synthetic_tokenizer()
+
+
+def save_tiny_model(path: Path, tokenizer_dir: Path | None = None, seed: int = 0, **overrides) -> Path:
+    """A tiny Llama (random init from ``seed``) saved with ``save_pretrained``, with the BPE tokenizer beside it."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from helpers.tiny import TINY_LLAMA
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir)) if tokenizer_dir is not None else None
+    values = {**TINY_LLAMA, **overrides}
+    if tokenizer is not None:
+        values.update(
+            vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+        )
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**values))
+    model.save_pretrained(str(path))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, bpe_tokenizer_dir: Path) -> Path:
+    """A local model directory (tiny Llama + BPE tokenizer), loaded by path like a hub checkpoint."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), bpe_tokenizer_dir, seed=0)

@@ -1,27 +1,34 @@
-"""Every YAML in configs/ parses and instantiates; `--help` works; the quickstart runs end to end."""
+"""Every YAML in configs/ parses and instantiates for real (a local model directory stands in for the hub model);
+the CLI's links and defaults; the quickstart runs end to end."""
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
+import yaml
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.cli import main
+from betadpo_lightning.controllers import BetaDPOController, ConstantBetaController
 from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.module import PreferenceModule
-from helpers.tiny import TINY_LLAMA
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+ROOT = Path(__file__).parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.num_nodes=1"]
+ON_CPU += ["--trainer.precision=32-true", "--trainer.logger=false"]
 
 
-def _tiny_from_pretrained(name, **kwargs):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _cli(args: list[str]):
+    return main(args, run=False)  # run=False: no subcommand, classes and Trainer instantiated
 
-    return AutoModelForCausalLM.from_config(AutoConfig.for_model(**TINY_LLAMA))
+
+def _beta_callbacks(trainer) -> list[DynamicBetaCallback]:
+    return [c for c in trainer.callbacks if isinstance(c, DynamicBetaCallback)]
 
 
 def test_configs_exist():
@@ -31,26 +38,63 @@ def test_configs_exist():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_config_parses_and_instantiates(path):
-    # The Trainer of a GPU config cannot start on a CPU-only machine; everything else is built for real.
-    with mock.patch("lightning.pytorch.cli.LightningCLI.instantiate_trainer", return_value=mock.MagicMock()):
-        cli = main(["--config", str(path)], run=False)  # run=False: no subcommand
+def test_config_parses_and_instantiates(path, tiny_model_dir):
+    """The GPU settings are overridden to CPU and a hub model by a local directory; everything else is the file's."""
+    args = ["--config", str(path), *ON_CPU]
+    hub_model = "model_name_or_path:" in path.read_text()
+    if hub_model:
+        args.append(f"--model.model_name_or_path={tiny_model_dir}")
+    cli = _cli(args)
     model, data = cli.model, cli.datamodule
     assert isinstance(model, PreferenceModule)
     assert isinstance(data, PreferenceDataModule)
-    callback = cli.config_init["beta"]  # the top-level `beta:` section, handed to the Trainer as a callback
-    assert isinstance(callback, DynamicBetaCallback)
-    assert callback.controller.beta == model.beta  # linked: written once
-    assert data.tokenizer_name == model.hparams.model_name_or_path  # linked: written once
+    (callback,) = _beta_callbacks(cli.trainer)  # the `dynamic_beta:` section is a Trainer callback
+    assert isinstance(callback.controller, BetaDPOController | ConstantBetaController)
+    assert callback.controller.beta == model.beta  # β0 written once, linked
+    assert data.tokenizer_name == model.hparams.model_name_or_path  # the model's own tokenizer by default
     assert cli.config["trainer"]["max_steps"] > 0 or cli.config["trainer"]["max_epochs"]
-    if model.hparams.model_name_or_path is not None:
-        # Load the "hub" model through the real code path, with the download replaced by a tiny model.
-        with mock.patch("transformers.AutoModelForCausalLM.from_pretrained", side_effect=_tiny_from_pretrained) as load:
-            model.configure_model()
-        load.assert_called_once()
-        assert load.call_args.args[0] == model.hparams.model_name_or_path
+    if hub_model:  # the real loading path: from_pretrained on a directory
+        model.configure_model()
+        assert model.policy.training
         assert not model.reference.training
         assert all(not p.requires_grad for p in model.reference.parameters())
+        assert model.policy.config.vocab_size == len(data._load_tokenizer(warn=False))
+
+
+def test_beta0_is_written_once_and_the_controller_is_chosen_by_class_path():
+    cli = _cli(["--config", str(QUICKSTART), *ON_CPU, "--model.beta=0.3", "--dynamic_beta.controller.rho=0.4"])
+    (callback,) = _beta_callbacks(cli.trainer)
+    assert (callback.controller.beta, callback.controller.rho) == (0.3, 0.4)
+    cli = _cli(
+        [
+            "--config",
+            str(QUICKSTART),
+            *ON_CPU,
+            "--model.beta=0.2",
+            "--dynamic_beta.controller=betadpo_lightning.controllers.ConstantBetaController",
+        ]
+    )
+    (callback,) = _beta_callbacks(cli.trainer)
+    assert type(callback.controller) is ConstantBetaController
+    assert callback.controller.beta == 0.2
+
+
+def test_null_section_trains_without_the_callback(tmp_path):
+    settings = yaml.safe_load(QUICKSTART.read_text())
+    settings["dynamic_beta"] = None
+    config = tmp_path / "dpo.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    cli = _cli(["--config", str(config), *ON_CPU])
+    assert _beta_callbacks(cli.trainer) == []
+    assert cli.model.beta_provider is None
+    assert cli.config["dynamic_beta"] is None  # and so in the saved config.yaml
+
+
+def test_tokenizer_can_be_set_on_its_own(tiny_model_dir, bpe_tokenizer_dir):
+    path = ROOT / "configs" / "hh_pythia410m_dpo.yaml"
+    cli = _cli(["--config", str(path), *ON_CPU, f"--data.tokenizer={bpe_tokenizer_dir}"])
+    assert cli.datamodule.tokenizer_name == str(bpe_tokenizer_dir)
+    assert cli.model.hparams.model_name_or_path == "EleutherAI/pythia-410m"
 
 
 def test_help_exits_cleanly(capsys):
@@ -58,14 +102,14 @@ def test_help_exits_cleanly(capsys):
         main(["fit", "--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    assert "--beta.rho" in out
+    assert "--dynamic_beta.controller" in out
     assert "--model.loss_type" in out
+    assert "--model.reference" in out
 
 
 @pytest.mark.slow
 def test_quickstart_runs_end_to_end(tmp_path):
-    config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
-    args = ["fit", "--config", str(config), f"--data.cache_dir={tmp_path / 'cache'}"]
+    args = ["fit", "--config", str(QUICKSTART), f"--data.cache_dir={tmp_path / 'cache'}"]
     args += [f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"]
     args += ["--trainer.enable_progress_bar=false"]
     cli = main(args)
@@ -77,16 +121,17 @@ def test_quickstart_runs_end_to_end(tmp_path):
     rows = list(csv.DictReader(next(tmp_path.glob("quickstart/version_*/metrics.csv")).open()))
     accuracies = [float(r["val/rewards/accuracies"]) for r in rows if r.get("val/rewards/accuracies")]
     assert len(accuracies) == 3  # validation every 100 steps
-    assert any(r.get("train/beta") for r in rows)
+    assert len([r for r in rows if r.get("train/beta")]) == 30  # every 10 optimizer steps
+    assert len([r for r in rows if r.get("train/loss")]) == 30
     assert list(tmp_path.glob("quickstart/version_*/checkpoints/*.ckpt"))
 
 
 def test_print_config_shows_the_resolved_values(capsys):
-    config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
     with pytest.raises(SystemExit) as exit_info:
-        main(["fit", "--config", str(config), "--beta.rho", "0.3", "--print_config"])
+        main(["fit", "--config", str(QUICKSTART), "--dynamic_beta.controller.rho", "0.3", "--print_config"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "rho: 0.3" in out
+    assert "class_path: betadpo_lightning.controllers.BetaDPOController" in out
     assert "class_path: betadpo_lightning.schedulers.LinearWarmup" in out
     assert "model_type: llama" in out

@@ -218,19 +218,6 @@ def test_two_rank_caller_sees_the_concatenation():
         assert torch.equal(r1.keep[len(a) :], s.keep[len(a) :])
 
 
-def test_evaluate_keeps_everything_and_changes_nothing():
-    controller = BetaDPOController(rho=0.5)
-    assert controller.evaluate(torch.tensor([1.0, 3.0])).beta.item() == pytest.approx(0.1)  # before training: β0
-    controller.step(torch.tensor([0.0, 1.0, 2.0]))
-    before = controller.state_dict()
-    result = controller.evaluate(torch.tensor([5.0, 7.0, -1.0, 2.0]))
-    assert result.keep.all()
-    # M0 = 1 ⇒ β = 0.1 (1 + 0.6 (mean(5, 7, -1, 2) − 1)) = 0.1 (1 + 0.6 · 2.25) = 0.235.
-    assert result.beta.item() == pytest.approx(0.235)
-    after = controller.state_dict()
-    assert all(torch.equal(torch.as_tensor(before[k]), torch.as_tensor(after[k])) for k in before)
-
-
 def test_non_finite_margins_raise():
     controller = BetaDPOController()
     with pytest.raises(FloatingPointError, match=r"positions \[1\]"):
@@ -249,6 +236,7 @@ def test_non_finite_margins_raise():
         ({"beta_min": 0.0}, "beta_min"),
         ({"beta_min": 0.1, "beta_max": 0.01}, "beta_max"),
         ({"sigma_min": 0.0}, "sigma_min"),
+        ({"scope": "epoch"}, "scope"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, name):
@@ -261,6 +249,84 @@ def test_constant_controller():
     result = controller.step(torch.tensor([1.0, -4.0, 2.0]))
     assert result.beta.item() == 0.25
     assert result.keep.all()
-    assert controller.evaluate(torch.zeros(2)).beta.item() == 0.25
+    assert controller.step(torch.zeros(2), None).beta.item() == 0.25
+    assert controller.requires == frozenset()
+    assert controller.scope == "micro_batch"
     with pytest.raises(ValueError, match="beta"):
         ConstantBetaController(beta=-1.0)
+
+
+def _pooled_ema(steps: list[list[torch.Tensor]], momentum: float) -> list[tuple[float, float]]:
+    """M0 and σ after each optimizer step, from the pooled margins of its micro-batches (plain Python)."""
+    m0 = sigma = None
+    out = []
+    for micro_batches in steps:
+        values = [v for mb in micro_batches for v in mb.tolist()]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        m0 = mean if m0 is None else momentum * m0 + (1 - momentum) * mean
+        sigma = std if sigma is None else momentum * sigma + (1 - momentum) * std
+        out.append((m0, sigma))
+    return out
+
+
+def test_optimizer_step_scope_updates_once_per_step_from_all_micro_batches():
+    """scope="optimizer_step", 3 micro-batches per step, ρ = 0 (so β is deterministic):
+    β of every micro-batch of step t is β0 (1 + α (mean(micro-batch) − M0_{t−1})), where M0_{t−1} is the EMA of the
+    pooled means of steps < t; before the first update M0 is the mean of the step's micro-batches so far."""
+    beta0, alpha, m = 0.1, 0.6, 0.8
+    controller = BetaDPOController(beta=beta0, alpha=alpha, rho=0.0, momentum=m, scope="optimizer_step")
+    steps = [_batches(3, 4, seed=10 + t) for t in range(4)]
+    committed = _pooled_ema(steps, m)
+    for t, micro_batches in enumerate(steps):
+        for j, mb in enumerate(micro_batches):
+            result = controller.step(mb)
+            if t == 0:
+                so_far = [v for x in micro_batches[: j + 1] for v in x.tolist()]
+                m0 = sum(so_far) / len(so_far)
+            else:
+                m0 = committed[t - 1][0]
+            assert result.beta.item() == pytest.approx(beta0 * (1 + alpha * (mb.mean().item() - m0)), rel=1e-6)
+            assert result.stats["m0"].item() == pytest.approx(m0, rel=1e-6)
+        controller.on_optimizer_step()
+        state = controller.state_dict()
+        assert state["m0"].item() == pytest.approx(committed[t][0], rel=1e-9)
+        assert state["sigma"].item() == pytest.approx(committed[t][1], rel=1e-9)
+    assert controller.num_updates == 4
+    assert controller.num_steps == 12
+
+
+def test_micro_batch_scope_ignores_the_optimizer_step_hook():
+    controller, twin = BetaDPOController(), BetaDPOController()
+    for gaps in _batches(4, 6, seed=3):
+        controller.step(gaps)
+        controller.on_optimizer_step()
+        twin.step(gaps)
+    assert controller.num_updates == controller.num_steps == 4
+    for key, value in twin.state_dict().items():
+        assert torch.equal(torch.as_tensor(controller.state_dict()[key]), torch.as_tensor(value)), key
+
+
+def test_optimizer_step_scope_resumes_mid_step():
+    batches = _batches(6, 5, seed=8)
+    full = BetaDPOController(rho=0.4, scope="optimizer_step", seed=2)
+    first = BetaDPOController(rho=0.4, scope="optimizer_step", seed=2)
+    expected, got = [], []
+    for i, gaps in enumerate(batches):
+        expected.append(full.step(gaps))
+        if i % 2 == 1:
+            full.on_optimizer_step()
+    for i, gaps in enumerate(batches[:3]):  # stop after the first micro-batch of the second step
+        got.append(first.step(gaps))
+        if i % 2 == 1:
+            first.on_optimizer_step()
+    resumed = BetaDPOController(rho=0.4, scope="optimizer_step", seed=2)
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.state_dict()["pending"][0].item() == 5  # one micro-batch of the step is pending
+    for i, gaps in enumerate(batches[3:], start=3):
+        got.append(resumed.step(gaps))
+        if i % 2 == 1:
+            resumed.on_optimizer_step()
+    for a, b in zip(got, expected, strict=True):
+        assert torch.equal(a.beta, b.beta)
+        assert torch.equal(a.keep, b.keep)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
+from betadpo_lightning.controllers import BetaDPOController
 from betadpo_lightning.module import PreferenceModule
 from helpers.ddp_checks import AccuracyCheck, CrossRankCheck
 from helpers.protocol_module import PairScorer
@@ -38,7 +39,7 @@ def test_uneven_ranks_match_the_single_process_step(tmp_path):
     trainer = _ddp_trainer(
         tmp_path,
         4,
-        [DynamicBetaCallback(**CONTROLLER), CrossRankCheck(), AccuracyCheck()],
+        [DynamicBetaCallback(BetaDPOController(**CONTROLLER)), CrossRankCheck(), AccuracyCheck()],
         limit_val_batches=0,
         log_every_n_steps=4,
     )
@@ -50,7 +51,9 @@ def test_preference_module_under_ddp(tmp_path):
     """The real module on a tiny Llama: two ranks agree on β and the controller state at every step."""
     pl.seed_everything(0)
     module = PreferenceModule(model_config=TINY_LLAMA, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
-    trainer = _ddp_trainer(tmp_path, 3, [DynamicBetaCallback(**CONTROLLER), CrossRankCheck()], log_every_n_steps=1)
+    trainer = _ddp_trainer(
+        tmp_path, 3, [DynamicBetaCallback(BetaDPOController(**CONTROLLER)), CrossRankCheck()], log_every_n_steps=1
+    )
     trainer.fit(module, datamodule=RandomPairsData(size=16, batch_size=3))
     assert trainer.callback_metrics["checked_steps"].item() == 3
     assert torch.isfinite(trainer.callback_metrics["train/loss"])

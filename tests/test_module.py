@@ -10,8 +10,10 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
+from betadpo_lightning.controllers import BetaDPOController
 from betadpo_lightning.losses import dpo_loss
 from betadpo_lightning.module import PreferenceModule
+from betadpo_lightning.types import LOGPS_FIELDS
 from helpers.recorder import Recorder, params_of
 from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs, resumable_loader
 from helpers.trainers import quiet_trainer
@@ -38,7 +40,11 @@ def test_fit_changes_the_policy_and_nothing_else(tmp_path):
     policy_before, reference_before = params_of(module.policy), params_of(module.reference)
     recorder = Recorder()
     trainer = _trainer(
-        tmp_path, 4, [recorder, DynamicBetaCallback(beta=0.1)], limit_val_batches=2, val_check_interval=2
+        tmp_path,
+        4,
+        [recorder, DynamicBetaCallback(BetaDPOController(beta=0.1))],
+        limit_val_batches=2,
+        val_check_interval=2,
     )
     val = torch.utils.data.DataLoader(RandomPairs(8, seed=1), batch_size=4, collate_fn=collate_pairs)
     trainer.fit(module, resumable_loader(RandomPairs(32), 4), val)
@@ -68,8 +74,8 @@ def test_plain_dpo_without_callback_matches_the_formula(tmp_path):
         for p in module.policy.parameters():
             p.add_(0.05 * torch.randn_like(p))
     batch = collate_pairs([RandomPairs(8)[i] for i in range(4)])
-    policy, reference = module.forward_logps(batch)
-    want = dpo_loss(policy[:4], policy[4:], reference[:4], reference[4:], beta=0.3).mean()
+    pairs = module.forward_pairs(batch)
+    want = dpo_loss(*(pairs.tensors()[k] for k in LOGPS_FIELDS), beta=0.3).mean()
     module.log = lambda *args, **kwargs: None  # outside a Trainer
     got = module._step(batch, "train")["loss"]
     torch.testing.assert_close(got, want)
@@ -105,7 +111,7 @@ def test_checkpoint_has_no_reference_and_resumes(tmp_path):
     checkpoint = torch.load(path, weights_only=False)
     assert checkpoint["state_dict"]
     assert all(k.startswith("policy.") for k in checkpoint["state_dict"])
-    assert "reference_fingerprint" in checkpoint
+    assert checkpoint["reference"]["fingerprint"] is not None
     assert any("DynamicBetaCallback" in k for k in checkpoint["callbacks"])
 
     pl.seed_everything(0)
@@ -121,14 +127,16 @@ def test_resume_with_another_reference_fails(tmp_path):
     trainer.fit(_module(), resumable_loader(RandomPairs(8), 4))
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     pl.seed_everything(1)  # a different random init ⇒ a different reference
-    with pytest.raises(RuntimeError, match="reference model differs"):
+    with pytest.raises(
+        RuntimeError, match=r"reference model differs.*seed_everything seed: '0' in the checkpoint, '1' now"
+    ):
         _trainer(tmp_path, 2).fit(_module(), resumable_loader(RandomPairs(8), 4), ckpt_path=tmp_path / "a.ckpt")
 
 
 def _run(tmp_path, max_steps, ckpt_path=None, checkpoint_every=None):
     pl.seed_everything(0)
     recorder = Recorder()
-    callbacks = [DynamicBetaCallback(beta=0.1, alpha=0.6, rho=0.25), recorder]
+    callbacks = [DynamicBetaCallback(BetaDPOController(beta=0.1, alpha=0.6, rho=0.25)), recorder]
     kwargs = {}
     if checkpoint_every:
         callbacks.append(ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=checkpoint_every, save_top_k=-1))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_batch", "check_finite", "weights_fingerprint"]
+__all__ = ["check_batch", "check_finite", "reference_mismatch", "weights_fingerprint"]
 
 
 def check_batch(batch: dict[str, Tensor]) -> None:
@@ -58,3 +60,37 @@ def weights_fingerprint(model: nn.Module | None) -> Tensor | None:
         data = param.detach().to(torch.float64)
         total += torch.stack([data.sum(), (data * data).sum()]).cpu()
     return total
+
+
+def reference_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """Why the reference of a checkpoint and the current one differ, or ``None`` when they agree.
+
+    Args:
+        saved: the checkpoint's record: ``provider`` (its repr), ``seed`` (``PL_GLOBAL_SEED`` when it was built)
+            and ``fingerprint`` (:func:`weights_fingerprint`, or ``None``).
+        current: the same record for the reference of this run.
+
+    Returns:
+        A message naming what differs, or ``None``.
+    """
+    old, new = saved.get("fingerprint"), current.get("fingerprint")
+    if old is None or new is None or torch.allclose(old, new, rtol=1e-5, atol=1e-6):
+        return None
+    differences = [
+        f"{label}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+        for key, label in (("provider", "provider"), ("seed", "seed_everything seed"))
+        if saved.get(key) != current.get(key)
+    ]
+    cause = (
+        "; ".join(differences)
+        if differences
+        else (
+            "same provider and seed, so the reference weights themselves changed (another checkpoint at the same path, "
+            "another dtype, or a random `model_config` initialisation that depends on more than the seed)"
+        )
+    )
+    return (
+        f"The reference model differs from the one the checkpoint was trained against ({cause}). Weight "
+        f"fingerprint [Σw, Σw²]: {old.tolist()} in the checkpoint, {new.tolist()} now. Resume with the same "
+        "reference; a randomly initialised `model_config` reference is the same only under the same seed."
+    )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
 from typing_extensions import override
 
@@ -9,23 +12,61 @@ from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.module import PreferenceModule
 
-__all__ = ["BetaDPOCLI", "main"]
+__all__ = ["DYNAMIC_BETA", "BetaDPOCLI", "main"]
+
+DYNAMIC_BETA = "dynamic_beta"
+"""The top-level YAML section of :class:`DynamicBetaCallback`."""
 
 
 class BetaDPOCLI(LightningCLI):
-    """LightningCLI for :class:`PreferenceModule` + :class:`PreferenceDataModule` with β-DPO as a top-level section.
+    """LightningCLI for :class:`PreferenceModule` + :class:`PreferenceDataModule`, with the β callback as a section.
 
-    The YAML has the usual ``trainer``, ``model`` (with ``optimizer``/``scheduler`` as ``class_path`` +
-    ``init_args``) and ``data`` sections, plus ``beta`` for :class:`DynamicBetaCallback` (``alpha: 0`` and ``rho: 0``
-    give plain DPO). Two values are written once and linked: ``model.beta`` is β0 of the callback, and
-    ``model.model_name_or_path`` is the tokenizer of the data.
+    Besides ``trainer``, ``model`` (with ``optimizer``/``scheduler`` and ``reference`` as ``class_path`` +
+    ``init_args``) and ``data``, the YAML has ``dynamic_beta`` for :class:`DynamicBetaCallback`, whose
+    ``controller`` is chosen by ``class_path`` (``BetaDPOController`` by default, ``ConstantBetaController``,
+    ...). ``dynamic_beta: null`` trains without the callback (fixed ``model.beta``; the module logs the metrics).
+
+    Written once: β0 is ``model.beta`` (linked into the controller's ``beta``); the tokenizer is the model's
+    (``model.model_name_or_path``) unless ``data.tokenizer`` names another one.
     """
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(DynamicBetaCallback, "beta")
-        parser.link_arguments("model.beta", "beta.beta")
-        parser.link_arguments("model.model_name_or_path", "data.tokenizer")
+        parser.add_lightning_class_args(DynamicBetaCallback, DYNAMIC_BETA, required=False)
+        parser.set_defaults(
+            {f"{DYNAMIC_BETA}.controller": {"class_path": "betadpo_lightning.controllers.BetaDPOController"}}
+        )
+        parser.link_arguments("model.beta", f"{DYNAMIC_BETA}.controller.init_args.beta")
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        config = self._section()
+        data, model = config.get("data"), config.get("model")
+        if data is not None and model is not None and data.get("tokenizer") is None:
+            data["tokenizer"] = model.get("model_name_or_path")
+
+    @override
+    def instantiate_classes(self) -> None:
+        config = self._section()
+        self.beta_callback_disabled = DYNAMIC_BETA in config and config[DYNAMIC_BETA] is None
+        if self.beta_callback_disabled:  # jsonargparse cannot instantiate a null group: drop it meanwhile
+            del config[DYNAMIC_BETA]
+        try:
+            super().instantiate_classes()
+        finally:
+            if self.beta_callback_disabled:
+                config[DYNAMIC_BETA] = None
+
+    @override
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        keys = self._parser(self.subcommand).callback_keys
+        skip = {DYNAMIC_BETA} if getattr(self, "beta_callback_disabled", False) else set()
+        callbacks = [self._get(self.config_init, key) for key in keys if key not in skip]
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        return self._instantiate_trainer(trainer_config, callbacks)
+
+    def _section(self) -> Any:
+        return self.config[self.subcommand] if self.subcommand else self.config
 
 
 def main(args: ArgsType = None, run: bool = True) -> BetaDPOCLI:

@@ -9,11 +9,13 @@ themselves plus one float per selected position.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-__all__ = ["gather_log_softmax", "sequence_logps"]
+__all__ = ["gather_log_softmax", "sequence_entropy", "sequence_logps"]
 
 # Upper bound on the elements of one float32 chunk (64 MiB); the chunk has at least one row.
 _CHUNK_ELEMENTS = 1 << 24
@@ -110,6 +112,17 @@ def sequence_logps(logits: Tensor, labels: Tensor, ignore_index: int = -100, ave
         >>> sequence_logps(logits, labels, average=True)
         tensor([-1.3863])
     """
+    rows, cols, targets, mask = _response_positions(logits, labels, ignore_index)
+    token_logps = gather_log_softmax(logits[rows, cols], targets)  # (M,) from (M, V)
+    sums = torch.zeros(logits.shape[0], dtype=token_logps.dtype, device=logits.device).index_add(0, rows, token_logps)
+    if not average:
+        return sums
+    counts = mask.sum(-1).clamp(min=1)  # (N,)
+    return sums / counts
+
+
+def _response_positions(logits: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rows and columns of the positions that predict a response token, their targets and the mask ``(N, T-1)``."""
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
             f"Expected `logits` of shape (N, T, V) and `labels` of shape (N, T), got "
@@ -118,9 +131,41 @@ def sequence_logps(logits: Tensor, labels: Tensor, ignore_index: int = -100, ave
     targets = labels[:, 1:]  # (N, T-1): the token each position t < T-1 predicts
     mask = targets != ignore_index  # (N, T-1)
     rows, cols = mask.nonzero(as_tuple=True)  # (M,), (M,)
-    token_logps = gather_log_softmax(logits[rows, cols], targets[rows, cols])  # (M,) from (M, V)
-    sums = torch.zeros(logits.shape[0], dtype=token_logps.dtype, device=logits.device).index_add(0, rows, token_logps)
-    if not average:
-        return sums
-    counts = mask.sum(-1).clamp(min=1)  # (N,)
-    return sums / counts
+    return rows, cols, targets[rows, cols], mask
+
+
+def sequence_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """Mean next-token entropy over each row's response-predicting positions, divided by ``log V``.
+
+    The same shift as :func:`sequence_logps`: position ``t`` counts when ``labels[:, t + 1]`` is a response token.
+    This is MallowsPO's dispersion estimate (computed from the reference model), in ``[0, 1]``.
+
+    Args:
+        logits: causal-LM logits, shape ``(N, T, V)``, any floating dtype (normalised in float32, float64 for
+            float64 logits, in row chunks).
+        labels: target ids, shape ``(N, T)``; ``ignore_index`` marks positions that do not count.
+        ignore_index: the label value of positions to ignore.
+
+    Returns:
+        Per-row normalised entropies, shape ``(N,)``; a row without any counted token gets 0.
+
+    Raises:
+        ValueError: if the shapes do not match or ``V < 2``.
+
+    Example:
+        >>> logits = torch.zeros(1, 3, 4)  # uniform over 4 tokens: entropy log 4, normalised 1
+        >>> sequence_entropy(logits, torch.tensor([[-100, 2, 1]]))
+        tensor([1.])
+    """
+    rows, cols, _, mask = _response_positions(logits, labels, ignore_index)
+    width = logits.shape[-1]
+    if width < 2:
+        raise ValueError(f"Expected a vocabulary of at least 2 tokens, got V={width}.")
+    acc = _accumulation_dtype(logits.dtype)
+    selected = logits[rows, cols]  # (M, V)
+    entropy = torch.empty(selected.shape[0], dtype=acc, device=logits.device)
+    for start, end in _row_chunks(selected.shape[0], width):
+        logp = torch.log_softmax(selected[start:end].to(acc), dim=-1)  # (c, V)
+        entropy[start:end] = -(logp.exp() * logp).sum(-1)
+    sums = torch.zeros(logits.shape[0], dtype=acc, device=logits.device).index_add(0, rows, entropy)
+    return sums / mask.sum(-1).clamp(min=1) / math.log(width)

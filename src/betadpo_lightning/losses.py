@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from betadpo_lightning.types import PairData
+
 Beta = float | Tensor
 
 __all__ = [
@@ -40,6 +42,8 @@ __all__ = [
     "hinge_loss",
     "implicit_rewards",
     "ipo_loss",
+    "pair_margins",
+    "pair_rewards",
     "robust_loss",
     "sigmoid_loss",
 ]
@@ -235,6 +239,37 @@ def implicit_rewards(policy_logps: Tensor, reference_logps: Tensor, beta: Beta) 
     """
     diff = (_compute_dtype(policy_logps) - _compute_dtype(reference_logps)).detach()
     return _as_beta(beta, diff) * diff
+
+
+def pair_margins(pairs: PairData) -> Tensor:
+    """DPO margins ``h = (pc − rc) − (pr − rr)`` of a :class:`~betadpo_lightning.types.PairData`, shape ``(B,)``.
+
+    Example:
+        >>> pairs = PairData(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]))
+        >>> pair_margins(pairs)
+        tensor([2.])
+    """
+    return dpo_margins(
+        pairs.policy_chosen_logps,
+        pairs.policy_rejected_logps,
+        pairs.reference_chosen_logps,
+        pairs.reference_rejected_logps,
+    )
+
+
+def pair_rewards(pairs: PairData, beta: Beta) -> tuple[Tensor, Tensor]:
+    """Implicit rewards of the chosen and rejected responses, ``β (log π − log π_ref)``, detached, ``(B,)`` each.
+
+    The reward margin ``chosen − rejected`` equals ``β · pair_margins(pairs)``.
+
+    Example:
+        >>> lp = torch.tensor([-1.0])
+        >>> pair_rewards(PairData(lp, lp - 2, lp - 1, lp - 1), beta=0.5)
+        (tensor([0.5000]), tensor([-0.5000]))
+    """
+    chosen = implicit_rewards(pairs.policy_chosen_logps, pairs.reference_chosen_logps, beta)
+    rejected = implicit_rewards(pairs.policy_rejected_logps, pairs.reference_rejected_logps, beta)
+    return chosen, rejected
 
 
 MarginLoss = Callable[[Tensor, Beta, float], Tensor]

@@ -10,6 +10,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from betadpo_lightning.losses import pair_margins, pair_rewards
+from betadpo_lightning.types import PairData
+
 __all__ = ["MeanOfSums", "MomentMetric", "PreferenceMetrics", "RewardAccuracy"]
 
 
@@ -131,33 +134,22 @@ class PreferenceMetrics(torch.nn.Module):
         self.margins = MomentMetric()
         self.num_batches = 0
 
-    def update(
-        self,
-        policy_chosen_logps: Tensor,
-        policy_rejected_logps: Tensor,
-        reference_chosen_logps: Tensor,
-        reference_rejected_logps: Tensor,
-        beta: float,
-    ) -> None:
+    def update(self, pairs: PairData, beta: float) -> None:
         """Add a batch of pairs.
 
         Args:
-            policy_chosen_logps: shape ``(B,)``.
-            policy_rejected_logps: shape ``(B,)``.
-            reference_chosen_logps: shape ``(B,)``.
-            reference_rejected_logps: shape ``(B,)``.
+            pairs: the batch's per-pair log-probabilities, ``(B,)`` each (detached or not).
             beta: the β that scales the logged rewards (the base β0, as TRL logs).
         """
-        chosen_diff = (policy_chosen_logps - reference_chosen_logps).detach().float()
-        rejected_diff = (policy_rejected_logps - reference_rejected_logps).detach().float()
-        chosen, rejected = beta * chosen_diff, beta * rejected_diff
+        pairs = pairs.detach()
+        chosen, rejected = (reward.float() for reward in pair_rewards(pairs, beta))
         self.accuracy.update(chosen, rejected)
         self.chosen_rewards.update(chosen)
         self.rejected_rewards.update(rejected)
         self.reward_margins.update(chosen - rejected)
-        self.chosen_logps.update(policy_chosen_logps)
-        self.rejected_logps.update(policy_rejected_logps)
-        self.margins.update(chosen_diff - rejected_diff)
+        self.chosen_logps.update(pairs.policy_chosen_logps)
+        self.rejected_logps.update(pairs.policy_rejected_logps)
+        self.margins.update(pair_margins(pairs))
         self.num_batches += 1
 
     def compute(self) -> dict[str, Tensor]:

@@ -10,6 +10,8 @@ from torch import nn
 
 __all__ = [
     "DType",
+    "LoraOptions",
+    "apply_lora",
     "build_causal_lm",
     "disable_dropout",
     "enable_activation_checkpointing",
@@ -19,6 +21,8 @@ __all__ = [
 ]
 
 DType = Literal["float32", "bfloat16", "float16", "auto"]
+LoraOptions = dict[str, Any]
+"""Keyword arguments of ``peft.LoraConfig`` (``r``, ``lora_alpha``, ``lora_dropout``, ``target_modules``, ...)."""
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -125,3 +129,30 @@ def freeze(model: nn.Module) -> nn.Module:
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A frozen deep copy (same weights, independent storage)."""
     return freeze(copy.deepcopy(model))
+
+
+def apply_lora(model: nn.Module, options: LoraOptions) -> nn.Module:
+    """Wrap ``model`` with LoRA adapters through peft; only the adapters stay trainable.
+
+    Args:
+        model: a ``transformers`` causal LM.
+        options: ``peft.LoraConfig`` arguments; ``task_type`` defaults to ``"CAUSAL_LM"`` and ``target_modules`` to
+            every linear layer (``"all-linear"``).
+
+    Returns:
+        The ``peft.PeftModel``.
+
+    Raises:
+        ImportError: without peft installed (the ``peft`` extra).
+        ValueError: for options peft rejects, naming them.
+    """
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as error:  # pragma: no cover - peft is installed with the test extra
+        raise ImportError("LoRA needs peft: pip install 'betadpo-lightning[peft]'") from error
+    settings = {"task_type": "CAUSAL_LM", "target_modules": "all-linear", **options}
+    try:
+        config = LoraConfig(**settings)
+    except TypeError as error:
+        raise ValueError(f"Invalid `lora` options {sorted(options)}: {error}") from None
+    return get_peft_model(model, config)

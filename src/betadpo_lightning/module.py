@@ -1,8 +1,11 @@
-"""PreferenceModule: a trainable policy and a frozen reference, trained with a loss of the DPO family."""
+"""PreferenceModule: a trainable policy and a reference, trained with a loss of the DPO family."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextvars
+import functools
+import os
+import warnings
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -10,50 +13,62 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 from typing_extensions import override
 
 from betadpo_lightning.callbacks.protocol import BetaProvider, static_decision
-from betadpo_lightning.checks import check_batch, check_finite, weights_fingerprint
-from betadpo_lightning.logps import sequence_logps
-from betadpo_lightning.losses import PAIR_LOSSES, dpo_margins
+from betadpo_lightning.callbacks.reporting import PreferenceReporter
+from betadpo_lightning.checks import check_batch, check_finite, reference_mismatch, weights_fingerprint
+from betadpo_lightning.logps import sequence_entropy, sequence_logps
+from betadpo_lightning.losses import PAIR_LOSSES, pair_margins
 from betadpo_lightning.models import (
     DType,
+    LoraOptions,
+    apply_lora,
     build_causal_lm,
     disable_dropout,
     enable_activation_checkpointing,
-    freeze,
-    frozen_copy,
 )
 from betadpo_lightning.parallel import fully_shard_causal_lm
+from betadpo_lightning.reference import FrozenReference, ReferenceProvider
 from betadpo_lightning.schedulers import LinearWarmup
+from betadpo_lightning.types import PairData
 
 __all__ = ["PreferenceModule"]
 
 LossType = Literal["sigmoid", "robust", "ipo", "hinge"]
+_REFERENCE = "reference_model."
+_POLICY_ONLY = contextvars.ContextVar("policy_only", default=False)  # set while loading a checkpoint for inference
 
 
 class PreferenceModule(pl.LightningModule):
-    """Trainable policy + frozen reference, one concatenated forward over the ``(2B, T)`` batch per model.
+    """A trainable policy and a reference, one concatenated forward over the ``(2B, T)`` batch per model.
 
-    The reference is a separate frozen copy: eval mode, ``requires_grad=False``, run under ``torch.no_grad()``, not
-    in the optimizer and not written into checkpoints (it is rebuilt by :meth:`configure_model`; a fingerprint of
-    its weights in the checkpoint makes a resume with a different reference fail loudly). It follows the module in
-    ``.to()``/dtype changes but is not a submodule, so ``trainer.fit`` never switches it to train mode.
+    The reference comes from a :mod:`~betadpo_lightning.reference` provider: a frozen copy (default), the policy
+    with its adapters disabled, precomputed values carried in the batch, or none. A separate reference model is the
+    submodule ``reference_model``: it follows device moves and precision plugins, is always in eval mode, has no
+    gradient, is not in the optimizer and is left out of checkpoints (its weight fingerprint is saved instead, so a
+    resume against a different reference fails with a message that says what differs).
 
-    Without a β provider (see :mod:`betadpo_lightning.callbacks.protocol`) it trains plain DPO with the fixed
-    ``beta``; with :class:`~betadpo_lightning.callbacks.DynamicBetaCallback` attached it trains β-DPO.
+    The policy trains in train mode whatever its source (``from_pretrained`` returns eval-mode models), so
+    ``gradient_checkpointing`` and ``dropout`` take effect.
+
+    Without a β provider (see :mod:`betadpo_lightning.callbacks.protocol`) it trains with the fixed ``beta`` and
+    logs the preference metrics itself; with :class:`~betadpo_lightning.callbacks.DynamicBetaCallback` the
+    callback's controller decides β and the pairs kept, and the callback logs those metrics. ``train/loss`` is
+    always logged here, as a mean over the logging window.
 
     Args:
-        model_name_or_path: hub name or local directory of the policy (also of the reference by default).
+        model_name_or_path: hub name or local directory of the policy.
         model_config: instead of a checkpoint, a ``transformers`` config dict with ``model_type`` for a randomly
             initialised model (tests, the quickstart); ``vocab_size`` and special token ids default to the
-            datamodule's tokenizer.
-        reference_name_or_path: a different checkpoint for the reference; by default a copy of the initial policy.
+            datamodule's tokenizer, and the resolved values are saved in the hyperparameters.
+        reference: where reference log-probs come from (``None``: a frozen copy of the initial policy).
         loss_type: ``sigmoid`` (DPO / cDPO), ``robust``, ``ipo`` or ``hinge``.
-        beta: β of the loss (β0 when a dynamic-β callback is attached).
+        beta: β of the loss (with a dynamic-β callback its controller's β0 is used, and should equal this).
         label_smoothing: ε of cDPO (``sigmoid``) or robust DPO; must be 0 for ``ipo`` and ``hinge``.
         average_logps: use length-averaged log-probs; ``None`` picks the loss's convention (IPO: yes, others: no).
         dtype: dtype the models are loaded in (``None``: float32; use ``precision`` for mixed precision).
@@ -61,6 +76,7 @@ class PreferenceModule(pl.LightningModule):
         trust_remote_code: allow custom model code from the hub.
         gradient_checkpointing: recompute the policy's activations in the backward pass.
         dropout: keep the models' dropout; by default every dropout is disabled in both models.
+        lora: ``peft.LoraConfig`` arguments to train LoRA adapters instead of the full policy (``None``: full).
         optimizer: optimizer factory over the policy's trainable parameters (``None``: AdamW, lr 1e-6, no decay).
         scheduler: LR scheduler factory, stepped every optimizer step (``None``: linear warmup over the first
             10% of the steps, then constant).
@@ -72,7 +88,7 @@ class PreferenceModule(pl.LightningModule):
         self,
         model_name_or_path: str | None = None,
         model_config: dict[str, Any] | None = None,
-        reference_name_or_path: str | None = None,
+        reference: ReferenceProvider | None = None,
         loss_type: LossType = "sigmoid",
         beta: float = 0.1,
         label_smoothing: float = 0.0,
@@ -82,6 +98,7 @@ class PreferenceModule(pl.LightningModule):
         trust_remote_code: bool = False,
         gradient_checkpointing: bool = False,
         dropout: bool = False,
+        lora: LoraOptions | None = None,
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
         check_finite: bool = True,
@@ -95,62 +112,110 @@ class PreferenceModule(pl.LightningModule):
             raise ValueError(f"Expected `beta` > 0, got {beta}.")
         self._loss = PAIR_LOSSES[loss_type]
         self._loss.fn(torch.zeros(1), beta, label_smoothing)  # validates label_smoothing for this loss now
-        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.reference_provider = reference if reference is not None else FrozenReference()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "reference"])
+        self.hparams["reference"] = self.reference_provider.config()  # plain data: checkpoints load weights-only
         self.beta, self.label_smoothing = float(beta), float(label_smoothing)
         self.average_logps = self._loss.average_logps if average_logps is None else average_logps
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.check_finite = check_finite
         self.policy: nn.Module | None = None
-        self._frozen: dict[str, nn.Module] = {}  # not a submodule: no train mode, no checkpoint, no DDP sync
+        self.reference_model: nn.Module | None = None
         self.beta_provider: BetaProvider | None = None
+        self.reporter = PreferenceReporter()
+        self._reference_origin: dict[str, Any] = {}
+        self._reference_built = False
 
     @property
-    def reference(self) -> nn.Module:
-        """The frozen reference model (after :meth:`configure_model`)."""
-        if "reference" not in self._frozen:
-            raise RuntimeError("The reference does not exist yet: `configure_model()` has not run.")
-        return self._frozen["reference"]
+    def pair_extras(self) -> frozenset[str]:
+        """Extra groups this module can put into its pairs: token counts, and what the reference provider offers."""
+        return frozenset({"lengths"}) | self.reference_provider.provides
+
+    @classmethod
+    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> PreferenceModule:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, building the policy only (for inference and export).
+
+        The reference is built when first needed: by :attr:`reference`, or by ``configure_model`` when the module
+        then trains under a Trainer (as a copy of the loaded policy, for the default provider).
+        """
+        token = _POLICY_ONLY.set(True)
+        try:
+            return super().load_from_checkpoint(*args, **kwargs)  # type: ignore[return-value]
+        finally:
+            _POLICY_ONLY.reset(token)
+
+    @property
+    def reference(self) -> nn.Module | None:
+        """The separate reference model, or ``None`` for providers without one."""
+        if self.policy is None:
+            raise RuntimeError("The models do not exist yet: `configure_model()` has not run.")
+        if not self._reference_built:
+            self._build_reference()
+        return self.reference_model
 
     # ------------------------------------------------------------------ models
     @override
     def configure_model(self) -> None:
-        if self.policy is not None:  # idempotent: Lightning may call it more than once
-            return
+        """Build the policy and the reference (the reference not in :meth:`load_from_checkpoint`).
+
+        Idempotent, as Lightning may call it more than once.
+        """
+        if self.policy is None:
+            hp = self.hparams
+            config = hp.model_config
+            if config is not None:
+                config = self.hparams["model_config"] = {**self._tokenizer_defaults(), **config}
+            policy = build_causal_lm(hp.model_name_or_path, config, **self._load_kwargs())
+            if hp.lora is not None:
+                policy = apply_lora(policy, hp.lora)
+            if not hp.dropout:
+                disable_dropout(policy)
+            if hp.gradient_checkpointing:
+                enable_activation_checkpointing(policy)
+            self.policy = policy.train()
+        if not self._reference_built and not _POLICY_ONLY.get():
+            self._build_reference()
+            self._shard()
+
+    def _load_kwargs(self) -> dict[str, Any]:
         hp = self.hparams
-        common = {"dtype": hp.dtype, "attn_implementation": hp.attn_implementation}
-        common["trust_remote_code"] = hp.trust_remote_code
-        policy = build_causal_lm(hp.model_name_or_path, hp.model_config, defaults=self._tokenizer_defaults(), **common)
-        if hp.reference_name_or_path is not None:
-            reference = freeze(build_causal_lm(hp.reference_name_or_path, **common))
-        else:
-            reference = frozen_copy(policy)
-        if not hp.dropout:
-            disable_dropout(policy)
-            disable_dropout(reference)
-        if hp.gradient_checkpointing:
-            enable_activation_checkpointing(policy)
-        self.policy = policy
-        self._frozen["reference"] = self._shard(policy, reference)
-        total = sum(p.numel() for p in reference.parameters())
-        rank_zero_info(f"PreferenceModule: frozen reference with {total:,} parameters (not checkpointed).")
+        return {
+            "dtype": hp.dtype,
+            "attn_implementation": hp.attn_implementation,
+            "trust_remote_code": hp.trust_remote_code,
+        }
 
-    def _shard(self, policy: nn.Module, reference: nn.Module) -> nn.Module:
-        """Shard both models for the strategy; returns the (possibly wrapped) reference.
+    def _build_reference(self) -> None:
+        assert self.policy is not None
+        load = functools.partial(build_causal_lm, **self._load_kwargs())
+        reference = self.reference_provider.build(self.policy, load)
+        self._reference_built = True
+        self._reference_origin = {"provider": repr(self.reference_provider), "seed": os.environ.get("PL_GLOBAL_SEED")}
+        if reference is not None:
+            if not self.hparams.dropout:
+                disable_dropout(reference)
+            self.reference_model = reference.eval().requires_grad_(False)
+            total = sum(p.numel() for p in reference.parameters())
+            rank_zero_info(
+                f"PreferenceModule: {self.reference_provider!r} with {total:,} parameters (not checkpointed)."
+            )
 
-        FSDP2 (``ModelParallelStrategy``): ``fully_shard`` per decoder layer for both models. FSDP1 (``FSDPStrategy``):
-        the reference is wrapped here with the strategy's settings (this hook runs inside its ``enable_wrap``
-        context); the policy is wrapped by the strategy with the rest of the module.
+    def _shard(self) -> None:
+        """Shard the models for the strategy.
+
+        FSDP2 (``ModelParallelStrategy``): ``fully_shard`` per decoder layer for both models. FSDP1: the reference is
+        wrapped here (this hook runs inside the strategy's ``enable_wrap`` context), the policy by the strategy.
         """
         strategy = self._trainer.strategy if self._trainer is not None else None
         if isinstance(strategy, ModelParallelStrategy):
             mesh = self.device_mesh["data_parallel"]
-            fully_shard_causal_lm(policy, mesh)
-            fully_shard_causal_lm(reference, mesh)
-        elif isinstance(strategy, FSDPStrategy):
+            for model in (self.policy, self.reference_model):
+                if model is not None:
+                    fully_shard_causal_lm(model, mesh)
+        elif isinstance(strategy, FSDPStrategy) and self.reference_model is not None:
             from torch.distributed.fsdp.wrap import wrap
 
-            reference = wrap(reference)
-        return reference
+            self.reference_model = wrap(self.reference_model)
 
     def _tokenizer_defaults(self) -> dict[str, Any]:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -161,15 +226,20 @@ class PreferenceModule(pl.LightningModule):
         return {"vocab_size": len(tokenizer), **{k: v for k, v in ids.items() if v is not None}}
 
     @override
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> PreferenceModule:
-        # `.to(device)`, `.half()`, precision plugins: the reference follows the module.
-        super()._apply(fn, recurse)
-        if "reference" in self._frozen:
-            self._frozen["reference"]._apply(fn, recurse)
+    def train(self, mode: bool = True) -> PreferenceModule:
+        super().train(mode)
+        if self.reference_model is not None:
+            self.reference_model.eval()  # never in train mode, whatever the caller asks of the module
         return self
 
     @override
     def on_fit_start(self) -> None:
+        self.reporter.to(self.device)
+        if self.reference_model is not None:  # the reference is in eval mode on purpose: silence exactly that
+            count = sum(1 for _ in self.reference_model.modules())
+            warnings.filterwarnings(
+                "ignore", message=rf"Found {count} module\(s\) in eval mode at the start", category=PossibleUserWarning
+            )
         embeddings = self.policy.get_input_embeddings().weight.shape[0] if self.policy is not None else None
         tokenizer = getattr(self.trainer.datamodule, "tokenizer", None) if self.trainer.datamodule else None
         if tokenizer is not None and embeddings is not None and len(tokenizer) > embeddings:
@@ -179,38 +249,64 @@ class PreferenceModule(pl.LightningModule):
             )
 
     # -------------------------------------------------------------------- step
-    def _logps(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+    def _rows(self, model: nn.Module, batch: dict[str, Tensor], entropy: bool) -> tuple[Tensor, Tensor | None]:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
         logits = out.logits if hasattr(out, "logits") else out  # (2B, T, V)
-        return sequence_logps(logits, batch["labels"], average=self.average_logps)  # (2B,)
+        logps = sequence_logps(logits, batch["labels"], average=self.average_logps)  # (2B,)
+        return logps, (sequence_entropy(logits, batch["labels"]) if entropy else None)
 
-    def forward_logps(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Policy (with grad) and reference (without) log-probs of every row of a ``(2B, T)`` batch, each ``(2B,)``."""
-        policy = self._logps(self.policy, batch)
+    def forward_pairs(self, batch: dict[str, Tensor], extras: frozenset[str] = frozenset()) -> PairData:
+        """Policy (with grad) and reference (without) values of a ``(2B, T)`` batch as ``B`` pairs.
+
+        Args:
+            batch: the preference batch (``input_ids``, ``attention_mask``, ``labels`` ``(2B, T)``; ``pair_index``
+                ``(B,)``; precomputed reference fields when the provider reads them).
+            extras: extra groups to compute beyond ``lengths`` (always present).
+
+        Returns:
+            The pairs, ``(B,)`` fields.
+        """
+        assert self.policy is not None
+        lengths = (batch["labels"][:, 1:] != -100).sum(-1).float()  # (2B,)
+        policy, _ = self._rows(self.policy, batch, entropy=False)
+        entropy = "reference_entropy" in extras
+        provider = self.reference_provider
         with torch.no_grad():
-            reference = self._logps(self.reference, batch)
-        return policy, reference
+            if provider.has_model:
+                with provider.model(self.policy, self.reference) as model:
+                    reference, ref_entropy = self._rows(model, batch, entropy)
+            else:
+                reference, ref_entropy = provider.rows(batch, entropy)
+                if self.average_logps:  # precomputed values are sums
+                    reference = reference / lengths.clamp(min=1)
+        return PairData.from_rows(
+            policy,
+            reference.to(policy.dtype),
+            lengths=lengths,
+            reference_entropy=ref_entropy,
+            pair_index=batch.get("pair_index"),
+        )
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         check_batch(batch)
-        policy, reference = self.forward_logps(batch)
-        b = batch["input_ids"].shape[0] // 2
-        pc, pr, rc, rr = policy[:b], policy[b:], reference[:b], reference[b:]  # (B,) each
-        margins = dpo_margins(pc, pr, rc, rr)  # (B,)
+        provider = self.beta_provider
+        pairs = self.forward_pairs(batch, provider.required_extras if provider is not None else frozenset())
+        margins = pair_margins(pairs)  # (B,)
         if self.check_finite:
             check_finite(margins, batch["labels"], self.global_step)
-        provider = self.beta_provider
-        decision = provider.decide(margins.detach()) if provider is not None else static_decision(margins, self.beta)
+        if provider is not None:
+            decision = provider.decide(pairs.detach())
+        else:
+            decision = static_decision(pairs, self.beta)
+            self.reporter.update_pairs(stage, pairs, self.beta)
         loss = decision.reduce(self._loss.fn(margins, decision.beta, self.label_smoothing))
         if self.check_finite and not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"The {stage} loss is {loss.item()} at global step {self.global_step}.")
-        training = stage == "train"
-        self.log(
-            f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=b, on_step=training, on_epoch=not training
-        )
-        outputs = {"policy_chosen_logps": pc, "policy_rejected_logps": pr}
-        outputs |= {"reference_chosen_logps": rc, "reference_rejected_logps": rr}
-        return {"loss": loss, **{key: value.detach() for key, value in outputs.items()}}
+        if stage == "train":
+            self.reporter.update_scalars({"loss": loss})
+        else:  # Lightning's epoch mean weighted by pairs: exact whatever the batching, one collective per run
+            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(pairs))
+        return {"loss": loss}
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
@@ -219,6 +315,24 @@ class PreferenceModule(pl.LightningModule):
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._step(batch, "val")
+
+    # ----------------------------------------------------------------- logging
+    @override
+    def on_train_start(self) -> None:
+        self.reporter.on_train_start(self.trainer)
+
+    @override
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.reporter.log_train_if_due(self.trainer, self, prog_bar=("loss",), pairs=self.beta_provider is None)
+
+    @override
+    def on_validation_start(self) -> None:
+        self.reporter.to(self.device).reset_validation()
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        if self.beta_provider is None:
+            self.reporter.log_validation(self.trainer, self)
 
     # --------------------------------------------------------------- optimizer
     @override
@@ -231,29 +345,43 @@ class PreferenceModule(pl.LightningModule):
         else:
             optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
-            scheduler: LRScheduler = LinearWarmup(optimizer, warmup_steps=self._default_warmup_steps())
+            total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
+            warmup = 0 if total == float("inf") else int(0.1 * total)
+            scheduler: LRScheduler = LinearWarmup(optimizer, warmup_steps=warmup)
         else:
             scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def _default_warmup_steps(self) -> int:
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
-        return 0 if total == float("inf") else int(0.1 * total)
-
     # -------------------------------------------------------------- checkpoint
     @override
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", "")
+        for key in [k for k in state if k.startswith(prefix + _REFERENCE)]:
+            del state[key]  # the reference is rebuilt by configure_model, never saved
+        return state
+
+    @override
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        missing = [key for key in result.missing_keys if not key.startswith(_REFERENCE)]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(
+                f"The checkpoint does not match the policy: missing keys {missing[:5]}, unexpected keys "
+                f"{result.unexpected_keys[:5]} (of {len(missing)} and {len(result.unexpected_keys)})."
+            )
+        return result
+
+    @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        fingerprint = weights_fingerprint(self._frozen.get("reference"))
-        if fingerprint is not None:
-            checkpoint["reference_fingerprint"] = fingerprint
+        checkpoint["reference"] = {**self._reference_origin, "fingerprint": weights_fingerprint(self.reference_model)}
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("reference_fingerprint")
-        current = weights_fingerprint(self._frozen.get("reference"))
-        if saved is not None and current is not None and not torch.allclose(saved, current, rtol=1e-5, atol=1e-6):
-            raise RuntimeError(
-                "The reference model differs from the one the checkpoint was trained against (weight fingerprint "
-                f"{current.tolist()} vs {saved.tolist()}). A randomly initialised `model_config` rebuilds the same "
-                "reference only under the same seed (`seed_everything`)."
-            )
+        saved = checkpoint.get("reference")
+        if saved is None or self.reference_model is None:  # nothing to compare (e.g. load_from_checkpoint)
+            return
+        current = {**self._reference_origin, "fingerprint": weights_fingerprint(self.reference_model)}
+        message = reference_mismatch(saved, current)
+        if message:
+            raise RuntimeError(message)

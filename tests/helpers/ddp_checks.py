@@ -11,9 +11,21 @@ class CrossRankCheck(pl.Callback):
 
     def __init__(self) -> None:
         self.checked = 0
+        self.last_beta = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        provider = pl_module.beta_provider
+        decide = provider.decide
+
+        def recording(pairs):
+            decision = decide(pairs)
+            self.last_beta = decision.beta.detach().float().mean().reshape(1)
+            return decision
+
+        provider.decide = recording
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        beta = trainer.callback_metrics["train/beta"].reshape(1)
+        beta = self.last_beta
         betas = pl_module.all_gather(beta)  # (W, 1)
         assert torch.equal(betas, betas[:1].expand_as(betas)), betas
         state = pl_module.beta_provider.controller.state_dict()

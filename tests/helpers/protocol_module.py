@@ -13,6 +13,8 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from betadpo_lightning.controllers import BetaDPOController
+from betadpo_lightning.losses import pair_margins
+from betadpo_lightning.types import PairData
 
 
 class PairScorer(pl.LightningModule):
@@ -53,21 +55,16 @@ class PairScorer(pl.LightningModule):
 
     def training_step(self, batch, batch_idx):
         rank = self.global_rank
-        margins, pc, pr, rc, rr = self.margins(self.w.weight, self.global_step, rank)
-        decision = self.beta_provider.decide(margins.detach())
-        loss = decision.reduce(-F.logsigmoid(decision.beta * margins))
+        _, pc, pr, rc, rr = self.margins(self.w.weight, batch_idx, rank)
+        pairs = PairData(pc, pr, rc, rr)
+        decision = self.beta_provider.decide(pairs.detach())
+        loss = decision.reduce(-F.logsigmoid(decision.beta * pair_margins(pairs)))
         record = {"beta": decision.beta.detach(), "keep": decision.keep, "normalizer": decision.normalizer}
         record["weight"] = self.w.weight.detach().clone()
         if self.mirror is not None:
-            record["expected"] = self._expected(self.global_step)
+            record["expected"] = self._expected(batch_idx)
         self.records.append(record)
-        return {
-            "loss": loss,
-            "policy_chosen_logps": pc.detach(),
-            "policy_rejected_logps": pr.detach(),
-            "reference_chosen_logps": rc,
-            "reference_rejected_logps": rr,
-        }
+        return loss
 
     def on_after_backward(self) -> None:
         # Under DDP the gradient is already averaged over the ranks here.
@@ -92,16 +89,10 @@ class PairScorer(pl.LightningModule):
         return correct / total
 
     def validation_step(self, batch, batch_idx):
-        margins, pc, pr, rc, rr = self.margins(self.w.weight, 10_000 + batch_idx, self.global_rank)
-        decision = self.beta_provider.decide(margins)
-        loss = decision.reduce(-F.logsigmoid(decision.beta * margins))
-        return {
-            "loss": loss,
-            "policy_chosen_logps": pc,
-            "policy_rejected_logps": pr,
-            "reference_chosen_logps": rc,
-            "reference_rejected_logps": rr,
-        }
+        _, pc, pr, rc, rr = self.margins(self.w.weight, 10_000 + batch_idx, self.global_rank)
+        pairs = PairData(pc, pr, rc, rr)
+        decision = self.beta_provider.decide(pairs)
+        return decision.reduce(-F.logsigmoid(decision.beta * pair_margins(pairs)))
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)

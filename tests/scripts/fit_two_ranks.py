@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
+from betadpo_lightning.controllers import BetaDPOController
 from betadpo_lightning.module import PreferenceModule
 from helpers.ddp_checks import CrossRankCheck
 from helpers.recorder import Recorder
@@ -34,7 +35,7 @@ def main(kind: str, out: str) -> None:
         devices=2,
         strategy=strategy,
         max_steps=3,
-        callbacks=[DynamicBetaCallback(beta=0.1, alpha=0.6, rho=0.25), CrossRankCheck(), recorder],
+        callbacks=[DynamicBetaCallback(BetaDPOController(beta=0.1, alpha=0.6, rho=0.25)), CrossRankCheck(), recorder],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -1,15 +1,17 @@
-"""β controllers: rules that turn a micro-batch's DPO margins into β and a keep-mask."""
+"""β controllers: rules that turn a micro-batch's pairs into β and a keep-mask (no Lightning, no collectives)."""
 
-from betadpo_lightning.controllers.base import BetaController, BetaStep
+from betadpo_lightning.controllers.base import SCOPES, BetaController, BetaStep, StatisticsScope
 from betadpo_lightning.controllers.beta_dpo import BetaDPOController
 from betadpo_lightning.controllers.constant import ConstantBetaController
 from betadpo_lightning.controllers.sampling import derive_seed, gumbel_topk_mask
 
 __all__ = [
+    "SCOPES",
     "BetaController",
     "BetaDPOController",
     "BetaStep",
     "ConstantBetaController",
+    "StatisticsScope",
     "derive_seed",
     "gumbel_topk_mask",
 ]

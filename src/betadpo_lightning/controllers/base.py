@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from torch import Tensor
 
-__all__ = ["BetaController", "BetaStep"]
+from betadpo_lightning.types import PairData
+
+__all__ = ["SCOPES", "BetaController", "BetaStep", "StatisticsScope"]
+
+StatisticsScope = Literal["micro_batch", "optimizer_step"]
+SCOPES: tuple[str, ...] = ("micro_batch", "optimizer_step")
 
 
 @dataclass(frozen=True)
@@ -16,8 +21,8 @@ class BetaStep:
 
     Attributes:
         beta: the β to use for this batch, a detached 0-d tensor, or a detached ``(N,)`` tensor for per-pair β.
-        keep: which pairs enter the loss, bool ``(N,)``, in the order of the gaps passed in.
-        stats: detached 0-d tensors worth logging (names without a prefix, e.g. ``"margin_mean"``).
+        keep: which pairs enter the loss, bool ``(N,)``, in the order of the pairs passed in.
+        stats: detached 0-d tensors worth logging (names without a prefix, e.g. ``"m0"``); identical on every rank.
     """
 
     beta: Tensor
@@ -27,19 +32,39 @@ class BetaStep:
 
 @runtime_checkable
 class BetaController(Protocol):
-    """A stateful rule that turns the DPO margins of a micro-batch into β and a keep-mask.
+    """A stateful rule that turns the pairs of a training micro-batch into β and a keep-mask.
 
-    ``step`` is called once per training micro-batch with the **global** margins (every rank's pairs, gathered in
-    rank order) and may update the controller's state; ``evaluate`` serves validation and never changes it. Both
-    must return the same result on every rank when given the same margins, without any communication.
+    The caller (:class:`~betadpo_lightning.callbacks.DynamicBetaCallback`) calls :meth:`step` once per training
+    micro-batch with the **global** data: the DPO margins of every rank's pairs, gathered in rank order, and the same
+    pairs as a :class:`~betadpo_lightning.types.PairData` holding the extra groups named in :attr:`requires`. It calls
+    :meth:`on_optimizer_step` once per optimizer step, after the step's last micro-batch. Both must give the same
+    result on every rank for the same inputs, without any communication.
+
+    Attributes:
+        beta: β0, the base β: the logged rewards use it, and so does the validation loss (fixed, so that it does not
+            depend on how validation is batched or on the number of ranks).
+        requires: the extra groups of :data:`~betadpo_lightning.types.EXTRAS` that :meth:`step` reads.
+        scope: ``"micro_batch"``: statistics are updated with every micro-batch before use (as the papers do);
+            ``"optimizer_step"``: once per optimizer step from all micro-batches of the step (every rank), so that
+            a run with gradient accumulation updates them once per step.
     """
 
-    def step(self, gaps: Tensor) -> BetaStep:
-        """Update the state with a training micro-batch and return its β and keep-mask."""
+    beta: float
+    requires: frozenset[str]
+    scope: StatisticsScope
+
+    def step(self, gaps: Tensor, pairs: PairData | None = None) -> BetaStep:
+        """β and keep-mask of a training micro-batch; may update the state.
+
+        Args:
+            gaps: the detached DPO margins of all ``N`` pairs of the micro-batch over all ranks, shape ``(N,)``.
+            pairs: the same pairs with the extras in :attr:`requires` (the caller passes it when ``requires`` is
+                not empty).
+        """
         ...
 
-    def evaluate(self, gaps: Tensor) -> BetaStep:
-        """β and keep-mask for an evaluation batch, leaving the state untouched."""
+    def on_optimizer_step(self) -> None:
+        """Called once per optimizer step, after its last micro-batch (statistics of the ``optimizer_step`` scope)."""
         ...
 
     def state_dict(self) -> dict[str, Any]:

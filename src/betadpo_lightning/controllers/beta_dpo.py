@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from betadpo_lightning.controllers.base import BetaStep
+from betadpo_lightning.controllers.base import SCOPES, BetaStep, StatisticsScope
 from betadpo_lightning.controllers.sampling import derive_seed, gumbel_topk_mask
+from betadpo_lightning.types import PairData
 
 __all__ = ["BetaDPOController"]
 
@@ -37,8 +38,13 @@ class BetaDPOController:
     3. :math:`\beta_b = \beta_0\,(1 + \alpha\,(\mathrm{mean}(M_{kept}) - M_0))`, clamped to
        ``[beta_min, beta_max]``.
 
-    Statistics are kept in float64. ``evaluate`` (validation) keeps every pair, uses the current statistics and
-    never changes them.
+    With ``scope="optimizer_step"`` (for gradient accumulation), step 1 happens once per optimizer step instead,
+    in :meth:`on_optimizer_step`, with the mean and std of all the step's margins (every micro-batch, every rank),
+    so the momentum means the same per optimizer step whatever the accumulation; each micro-batch is filtered and
+    gets its β from the statistics as they were at the start of the step (before the first optimizer step: from the
+    step's micro-batches so far).
+
+    Statistics are kept in float64.
 
     Args:
         beta: β0, the base β (> 0).
@@ -49,6 +55,7 @@ class BetaDPOController:
         beta_max: upper clamp of β, or ``None`` for none.
         sigma_min: floor of :math:`\sigma` (> 0), in margin units (nats).
         seed: seed of the filtering draws.
+        scope: when the statistics are updated: ``"micro_batch"`` (the paper) or ``"optimizer_step"``.
 
     Example:
         >>> controller = BetaDPOController(beta=0.1, alpha=0.6, rho=0.0)
@@ -56,6 +63,8 @@ class BetaDPOController:
         >>> round(float(result.beta), 6), result.keep.tolist()
         (0.1, [True, True, True])
     """
+
+    requires: frozenset[str] = frozenset()
 
     def __init__(
         self,
@@ -67,6 +76,7 @@ class BetaDPOController:
         beta_max: float | None = None,
         sigma_min: float = 1e-6,
         seed: int = 0,
+        scope: StatisticsScope = "micro_batch",
     ) -> None:
         _check(beta > 0, "beta", "> 0", beta)
         _check(alpha >= 0, "alpha", ">= 0", alpha)
@@ -75,25 +85,34 @@ class BetaDPOController:
         _check(beta_min > 0, "beta_min", "> 0", beta_min)
         _check(beta_max is None or beta_max >= beta_min, "beta_max", f"None or >= beta_min={beta_min}", beta_max)
         _check(sigma_min > 0, "sigma_min", "> 0", sigma_min)
+        _check(scope in SCOPES, "scope", f"in {SCOPES}", scope)
         self.beta, self.alpha, self.rho, self.momentum = float(beta), float(alpha), float(rho), float(momentum)
         self.beta_min, self.beta_max = float(beta_min), None if beta_max is None else float(beta_max)
-        self.sigma_min, self.seed = float(sigma_min), int(seed)
+        self.sigma_min, self.seed, self.scope = float(sigma_min), int(seed), scope
         self._m0 = torch.zeros((), dtype=torch.float64)
         self._sigma = torch.full((), self.sigma_min, dtype=torch.float64)
         self._m0_ready = False
-        self._sigma_ready = torch.zeros((), dtype=torch.bool)
+        self._sigma_ready = False
         self._steps = 0
+        self._updates = 0
+        self._pending = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares of the step's margins
 
     @property
     def num_steps(self) -> int:
         """How many training micro-batches the controller has seen."""
         return self._steps
 
-    def step(self, gaps: Tensor) -> BetaStep:
-        """Update the statistics with a training micro-batch, then filter it and compute its β.
+    @property
+    def num_updates(self) -> int:
+        """How many times the running statistics were updated (micro-batches or optimizer steps, by ``scope``)."""
+        return self._updates
+
+    def step(self, gaps: Tensor, pairs: PairData | None = None) -> BetaStep:
+        """Update the statistics (``micro_batch`` scope), then filter the micro-batch and compute its β.
 
         Args:
             gaps: the DPO margins of all pairs of the micro-batch over all ranks, shape ``(N,)``, detached.
+            pairs: unused (β-DPO reads only the margins).
 
         Returns:
             β (0-d float32), the keep-mask (bool ``(N,)``) and statistics to log.
@@ -103,26 +122,24 @@ class BetaDPOController:
             FloatingPointError: if a margin is NaN or infinite (nothing is trained on silently).
         """
         g = self._prepare(gaps)
-        self._update(g)
-        keep = self._filter(g)
-        result = self._result(g, keep)
+        if self.scope == "micro_batch":
+            self._update(*_moments(g))
+            m0, sigma = self._m0, self._sigma
+        else:
+            self._pending += _sums(g).to(self._pending.device)
+            m0, sigma = self._current_or_pending()
+        keep = self._filter(g, m0, sigma)
+        result = self._result(g, keep, m0, sigma)
         self._steps += 1
         return result
 
-    def evaluate(self, gaps: Tensor) -> BetaStep:
-        """β for an evaluation batch from the current statistics; every pair kept, nothing updated.
-
-        Before the first training step :math:`M_0` is taken as the batch mean, which gives β = β0.
-
-        Args:
-            gaps: the margins of the evaluation batch, shape ``(N,)``.
-
-        Returns:
-            β (0-d float32), an all-true keep-mask and statistics.
-        """
-        g = self._prepare(gaps)
-        keep = torch.ones_like(g, dtype=torch.bool)
-        return self._result(g, keep, m0=self._m0 if self._m0_ready else g.mean())
+    def on_optimizer_step(self) -> None:
+        """``optimizer_step`` scope: update the statistics with all margins of the step; otherwise nothing."""
+        if self.scope != "optimizer_step" or self._pending[0] == 0:
+            return
+        mean, std = _pooled(self._pending)
+        self._update(mean, std)
+        self._pending.zero_()
 
     def _prepare(self, gaps: Tensor) -> Tensor:
         if gaps.dim() != 1 or gaps.shape[0] == 0:
@@ -135,40 +152,43 @@ class BetaDPOController:
                 f"β-DPO received {len(bad)} non-finite margin(s) at positions {bad[:10]} of the global batch "
                 f"(step {self._steps}); the policy or reference log-probs are NaN/inf."
             )
-        self._m0, self._sigma = self._m0.to(g.device), self._sigma.to(g.device)
-        self._sigma_ready = self._sigma_ready.to(g.device)
+        self._m0, self._sigma, self._pending = (t.to(g.device) for t in (self._m0, self._sigma, self._pending))
         return g
 
-    def _update(self, g: Tensor) -> None:
+    def _update(self, mean: Tensor, std: Tensor | None) -> None:
         m = self.momentum
-        mean = g.mean()
         self._m0 = m * self._m0 + (1 - m) * mean if self._m0_ready else mean
         self._m0_ready = True
-        if g.shape[0] < 2:  # no unbiased std of one value
+        self._updates += 1
+        if std is None:  # no unbiased std of one value
             return
-        std = g.std()
-        ema = m * self._sigma + (1 - m) * std
-        first = std > self.sigma_min
-        self._sigma = torch.where(self._sigma_ready, ema, torch.where(first, std, self._sigma))
-        self._sigma_ready = self._sigma_ready | first
+        if self._sigma_ready:
+            self._sigma = m * self._sigma + (1 - m) * std
+        elif bool(std > self.sigma_min):
+            self._sigma, self._sigma_ready = std, True
+
+    def _current_or_pending(self) -> tuple[Tensor, Tensor]:
+        """The committed statistics, or before the first update those of the step's margins so far."""
+        if self._m0_ready:
+            return self._m0, self._sigma
+        mean, std = _pooled(self._pending)
+        return mean, std if std is not None else self._sigma
 
     def num_kept(self, n: int) -> int:
         """``k = max(1, floor(n (1 - rho)))``, the number of pairs kept out of ``n``."""
         # The small tolerance keeps e.g. 10 * (1 - 0.3) = 6.999999999999999 from flooring to 6.
         return max(1, math.floor(n * (1.0 - self.rho) + 1e-9))
 
-    def _filter(self, g: Tensor) -> Tensor:
+    def _filter(self, g: Tensor, m0: Tensor, sigma: Tensor) -> Tensor:
         n = g.shape[0]
         k = self.num_kept(n)
         if self.rho == 0 or k >= n:
             return torch.ones(n, dtype=torch.bool, device=g.device)
-        sigma = self._sigma.clamp(min=self.sigma_min)
-        log_w = -0.5 * ((g - self._m0) / sigma) ** 2  # (N,)
+        log_w = -0.5 * ((g - m0) / sigma.clamp(min=self.sigma_min)) ** 2  # (N,)
         generator = torch.Generator().manual_seed(derive_seed(self.seed, self._steps))
         return gumbel_topk_mask(log_w, k, generator)
 
-    def _result(self, g: Tensor, keep: Tensor, m0: Tensor | None = None) -> BetaStep:
-        m0 = self._m0 if m0 is None else m0
+    def _result(self, g: Tensor, keep: Tensor, m0: Tensor, sigma: Tensor) -> BetaStep:
         kept = keep.to(g.dtype)
         kept_mean = (g * kept).sum() / kept.sum()
         beta = (self.beta * (1 + self.alpha * (kept_mean - m0))).clamp(min=self.beta_min, max=self.beta_max)
@@ -176,19 +196,21 @@ class BetaDPOController:
             "gap_mean": g.mean(),
             "gap_std": g.std() if g.shape[0] > 1 else torch.zeros_like(m0),
             "m0": m0,
-            "sigma": self._sigma.clamp(min=self.sigma_min),
+            "sigma": sigma.clamp(min=self.sigma_min),
             "kept_fraction": kept.mean(),
         }
         return BetaStep(beta=beta.float(), keep=keep, stats={k: v.detach().float() for k, v in stats.items()})
 
     def state_dict(self) -> dict[str, Any]:
-        """Statistics, initialisation flags and the step counter (the filtering draws derive from it)."""
+        """Statistics, initialisation flags, counters (the filtering draws derive from them) and pending sums."""
         return {
             "m0": self._m0.detach().cpu().clone(),
             "sigma": self._sigma.detach().cpu().clone(),
             "m0_ready": self._m0_ready,
-            "sigma_ready": bool(self._sigma_ready),
+            "sigma_ready": self._sigma_ready,
             "steps": self._steps,
+            "updates": self._updates,
+            "pending": self._pending.detach().cpu().clone(),
             "seed": self.seed,
         }
 
@@ -197,9 +219,30 @@ class BetaDPOController:
         self._m0 = torch.as_tensor(state_dict.get("m0", 0.0), dtype=torch.float64).clone()
         self._sigma = torch.as_tensor(state_dict.get("sigma", self.sigma_min), dtype=torch.float64).clone()
         self._m0_ready = bool(state_dict.get("m0_ready", False))
-        self._sigma_ready = torch.tensor(bool(state_dict.get("sigma_ready", False)))
+        self._sigma_ready = bool(state_dict.get("sigma_ready", False))
         self._steps = int(state_dict.get("steps", 0))
+        self._updates = int(state_dict.get("updates", self._steps))
+        self._pending = torch.as_tensor(state_dict.get("pending", torch.zeros(3)), dtype=torch.float64).clone()
         self.seed = int(state_dict.get("seed", self.seed))
+
+
+def _sums(g: Tensor) -> Tensor:
+    """``[count, Σ g, Σ g²]`` in float64, shape ``(3,)``."""
+    return torch.stack([torch.tensor(float(g.shape[0]), dtype=torch.float64, device=g.device), g.sum(), (g * g).sum()])
+
+
+def _moments(g: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Mean and unbiased std of ``g`` (``None`` for one value)."""
+    return g.mean(), (g.std() if g.shape[0] > 1 else None)
+
+
+def _pooled(sums: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Mean and unbiased std from ``[count, Σ, Σ²]`` (``None`` std for fewer than two values)."""
+    n, total, total_sq = sums[0], sums[1], sums[2]
+    mean = total / n
+    if n < 2:
+        return mean, None
+    return mean, ((total_sq - n * mean * mean).clamp(min=0) / (n - 1)).sqrt()
 
 
 def _check(ok: bool, name: str, expected: str, value: object) -> None:

@@ -7,13 +7,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from betadpo_lightning.controllers.base import BetaStep
+from betadpo_lightning.controllers.base import BetaStep, StatisticsScope
+from betadpo_lightning.types import PairData
 
 __all__ = ["ConstantBetaController"]
 
 
 class ConstantBetaController:
-    """Fixed β, no filtering.
+    """Fixed β, no filtering: plain DPO (or IPO, hinge, ...) with the callback's metrics and global normalisation.
 
     Args:
         beta: the DPO β, > 0.
@@ -23,25 +24,24 @@ class ConstantBetaController:
         tensor([True, True])
     """
 
+    requires: frozenset[str] = frozenset()
+    scope: StatisticsScope = "micro_batch"
+
     def __init__(self, beta: float = 0.1) -> None:
         if not beta > 0:
             raise ValueError(f"Expected `beta` > 0, got {beta}.")
         self.beta = float(beta)
 
-    def _result(self, gaps: Tensor) -> BetaStep:
+    def step(self, gaps: Tensor, pairs: PairData | None = None) -> BetaStep:
+        """The fixed β and an all-true mask for the margins ``gaps`` of shape ``(N,)``."""
         if gaps.dim() != 1:
             raise ValueError(f"Expected `gaps` of shape (N,), got {tuple(gaps.shape)}.")
         beta = torch.tensor(self.beta, dtype=torch.float32, device=gaps.device)
         keep = torch.ones(gaps.shape[0], dtype=torch.bool, device=gaps.device)
         return BetaStep(beta=beta, keep=keep, stats={})
 
-    def step(self, gaps: Tensor) -> BetaStep:
-        """Return the fixed β and an all-true mask for the margins ``gaps`` of shape ``(N,)``."""
-        return self._result(gaps)
-
-    def evaluate(self, gaps: Tensor) -> BetaStep:
-        """Same as :meth:`step`: there is no state."""
-        return self._result(gaps)
+    def on_optimizer_step(self) -> None:
+        """Nothing to do: there is no state."""
 
     def state_dict(self) -> dict[str, Any]:
         """The fixed β (for the record; it comes from the configuration)."""

@@ -8,6 +8,9 @@ The batch contract, for ``B`` pairs padded to length ``T``:
 * ``labels``: ``(2B, T)`` long, equal to ``input_ids`` on response tokens and ``ignore_index`` on prompt and
   padding positions. Labels are not shifted; the model shifts them.
 * ``pair_index``: ``(B,)`` long, each pair's index in its source split.
+* ``reference_logps`` / ``reference_entropy``: ``(2B,)`` float32, only when every sample carries precomputed
+  reference values (``reference_chosen_logps`` and ``reference_rejected_logps``, summed log-probs; and
+  ``reference_chosen_entropy`` and ``reference_rejected_entropy``), in row order.
 
 ``T`` is the longest row, rounded up to a multiple of ``pad_to_multiple_of`` when that is set.
 """
@@ -84,4 +87,10 @@ def collate_preference_pairs(
         attention_mask[row, :end] = 1
         labels[row, len(prompt) : end] = input_ids[row, len(prompt) : end]
     pair_index = torch.tensor([int(sample["index"]) for sample in samples], dtype=torch.long)  # type: ignore[arg-type]
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pair_index": pair_index}
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pair_index": pair_index}
+    for name in ("logps", "entropy"):
+        keys = (f"reference_chosen_{name}", f"reference_rejected_{name}")
+        if all(key in sample for key in keys for sample in samples):
+            values = [float(sample[key]) for key in keys for sample in samples]  # type: ignore[arg-type]
+            batch[f"reference_{name}"] = torch.tensor(values, dtype=torch.float32)  # (2B,)
+    return batch
