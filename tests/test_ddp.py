@@ -20,6 +20,7 @@ from helpers.trainers import quiet_trainer
 pytestmark = [
     pytest.mark.distributed,
     pytest.mark.slow,
+    pytest.mark.timeout(240),
     pytest.mark.skipif(sys.platform == "win32", reason="gloo process groups in spawned processes"),
 ]
 

@@ -19,3 +19,19 @@ def test_the_walk_found_the_core_modules():
 @pytest.mark.parametrize("name", MODULES)
 def test_module_imports(name):
     importlib.import_module(name)
+
+
+def test_lower_layers_do_not_import_lightning():
+    """Pure math and small-state layers (DESIGN §1): importing them pulls in neither Lightning nor torch.distributed
+    collectives of our own."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import betadpo_lightning.types, betadpo_lightning.losses, betadpo_lightning.logps, "
+        "betadpo_lightning.controllers, betadpo_lightning.metrics; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

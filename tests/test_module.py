@@ -10,10 +10,12 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
-from betadpo_lightning.controllers import BetaDPOController
+from betadpo_lightning.controllers import BetaDPOController, ConstantBetaController
 from betadpo_lightning.losses import dpo_loss
+from betadpo_lightning.metrics import PreferenceMetrics
 from betadpo_lightning.module import PreferenceModule
 from betadpo_lightning.types import LOGPS_FIELDS
+from helpers.logger import MemoryLogger
 from helpers.recorder import Recorder, params_of
 from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs, resumable_loader
 from helpers.trainers import quiet_trainer
@@ -227,3 +229,51 @@ def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
     pl.seed_everything(0)
     with pytest.raises(ValueError, match="embedding has 48 rows"):
         _trainer(tmp_path, 1).fit(_module(), datamodule=BigTokenizerData())
+
+
+def _logged_run(tmp_path, callbacks, monkeypatch) -> tuple[MemoryLogger, int]:
+    calls = [0]
+    update = PreferenceMetrics.update
+
+    def counting(self, *args, **kwargs):
+        calls[0] += 1
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(PreferenceMetrics, "update", counting)
+    pl.seed_everything(0)
+    logger = MemoryLogger()
+    trainer = quiet_trainer(
+        tmp_path,
+        4,
+        callbacks,
+        logger=logger,
+        log_every_n_steps=2,
+        limit_val_batches=2,
+        val_check_interval=2,
+        num_sanity_val_steps=0,
+    )
+    val = torch.utils.data.DataLoader(RandomPairs(8, seed=1), batch_size=4, collate_fn=collate_pairs)
+    trainer.fit(_module(beta=0.2), resumable_loader(RandomPairs(32), 4), val)
+    return logger, calls[0]
+
+
+def test_plain_dpo_without_callback_logs_the_same_metrics_once(tmp_path, monkeypatch):
+    """No callback: the module logs train/ and val/ rewards, accuracies, log-probs and margins itself, with the
+    same values as the callback with a constant β; either way each batch updates the metrics exactly once."""
+    alone, alone_calls = _logged_run(tmp_path / "a", [], monkeypatch)
+    with_callback, callback_calls = _logged_run(
+        tmp_path / "b", [DynamicBetaCallback(ConstantBetaController(beta=0.2))], monkeypatch
+    )
+    assert alone_calls == callback_calls == 4 + 2 * 2  # 4 training batches, 2 validations of 2 batches
+    keys = {f"{s}/{k}" for s in ("train", "val") for k in ("rewards/chosen", "rewards/rejected", "rewards/margins")}
+    keys |= {f"{s}/{k}" for s in ("train", "val") for k in ("rewards/accuracies", "logps/chosen", "margins/mean")}
+    keys |= {"train/loss", "val/loss"}
+    for name, logger in (("alone", alone), ("callback", with_callback)):
+        logged = {key for _, metrics in logger.written for key in metrics}
+        assert keys <= logged, (name, keys - logged)
+    assert not any(key.startswith("train/beta") for _, metrics in alone.written for key in metrics)
+    for key in sorted(keys):
+        a, b = alone.rows_with(key), with_callback.rows_with(key)
+        assert sorted(a) == sorted(b), key
+        for step in a:
+            assert a[step][key] == pytest.approx(b[step][key], rel=1e-6, abs=1e-7), (key, step)

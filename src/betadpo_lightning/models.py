@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Any, Literal
 
 import torch
@@ -18,6 +19,7 @@ __all__ = [
     "freeze",
     "frozen_copy",
     "resolve_dtype",
+    "tokenizer_config_defaults",
 ]
 
 DType = Literal["float32", "bfloat16", "float16", "auto"]
@@ -155,4 +157,20 @@ def apply_lora(model: nn.Module, options: LoraOptions) -> nn.Module:
         config = LoraConfig(**settings)
     except TypeError as error:
         raise ValueError(f"Invalid `lora` options {sorted(options)}: {error}") from None
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft still calls the attribute transformers 5 renamed; nothing for users to do
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
+
+
+def tokenizer_config_defaults(tokenizer: Any) -> dict[str, Any]:
+    """Model-config values that must agree with a tokenizer: ``vocab_size`` (its length) and the pad/BOS/EOS ids.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> class Tok(SimpleNamespace):
+        ...     def __len__(self): return 64
+        >>> tokenizer_config_defaults(Tok(pad_token_id=0, bos_token_id=1, eos_token_id=None))
+        {'vocab_size': 64, 'pad_token_id': 0, 'bos_token_id': 1}
+    """
+    ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id", None) for name in ("pad", "bos", "eos")}
+    return {"vocab_size": len(tokenizer), **{key: value for key, value in ids.items() if value is not None}}

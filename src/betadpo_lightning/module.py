@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import os
 import warnings
+from collections.abc import Mapping
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
@@ -21,7 +20,8 @@ from typing_extensions import override
 
 from betadpo_lightning.callbacks.protocol import BetaProvider, static_decision
 from betadpo_lightning.callbacks.reporting import PreferenceReporter
-from betadpo_lightning.checks import check_batch, check_finite, reference_mismatch, weights_fingerprint
+from betadpo_lightning.checkpointing import ReferenceCheckpointing, policy_only
+from betadpo_lightning.checks import check_batch, check_finite
 from betadpo_lightning.logps import sequence_entropy, sequence_logps
 from betadpo_lightning.losses import PAIR_LOSSES, pair_margins
 from betadpo_lightning.models import (
@@ -31,8 +31,9 @@ from betadpo_lightning.models import (
     build_causal_lm,
     disable_dropout,
     enable_activation_checkpointing,
+    tokenizer_config_defaults,
 )
-from betadpo_lightning.parallel import fully_shard_causal_lm
+from betadpo_lightning.parallel import shard_for_strategy
 from betadpo_lightning.reference import FrozenReference, ReferenceProvider
 from betadpo_lightning.schedulers import LinearWarmup
 from betadpo_lightning.types import PairData
@@ -40,11 +41,9 @@ from betadpo_lightning.types import PairData
 __all__ = ["PreferenceModule"]
 
 LossType = Literal["sigmoid", "robust", "ipo", "hinge"]
-_REFERENCE = "reference_model."
-_POLICY_ONLY = contextvars.ContextVar("policy_only", default=False)  # set while loading a checkpoint for inference
 
 
-class PreferenceModule(pl.LightningModule):
+class PreferenceModule(ReferenceCheckpointing):
     """A trainable policy and a reference, one concatenated forward over the ``(2B, T)`` batch per model.
 
     The reference comes from a :mod:`~betadpo_lightning.reference` provider: a frozen copy (default), the policy
@@ -112,6 +111,8 @@ class PreferenceModule(pl.LightningModule):
             raise ValueError(f"Expected `beta` > 0, got {beta}.")
         self._loss = PAIR_LOSSES[loss_type]
         self._loss.fn(torch.zeros(1), beta, label_smoothing)  # validates label_smoothing for this loss now
+        if isinstance(reference, Mapping):  # from a checkpoint's hparams (plain data)
+            reference = ReferenceProvider.from_config(reference)
         self.reference_provider = reference if reference is not None else FrozenReference()
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "reference"])
         self.hparams["reference"] = self.reference_provider.config()  # plain data: checkpoints load weights-only
@@ -130,19 +131,6 @@ class PreferenceModule(pl.LightningModule):
     def pair_extras(self) -> frozenset[str]:
         """Extra groups this module can put into its pairs: token counts, and what the reference provider offers."""
         return frozenset({"lengths"}) | self.reference_provider.provides
-
-    @classmethod
-    def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> PreferenceModule:  # type: ignore[override]
-        """Lightning's ``load_from_checkpoint``, building the policy only (for inference and export).
-
-        The reference is built when first needed: by :attr:`reference`, or by ``configure_model`` when the module
-        then trains under a Trainer (as a copy of the loaded policy, for the default provider).
-        """
-        token = _POLICY_ONLY.set(True)
-        try:
-            return super().load_from_checkpoint(*args, **kwargs)  # type: ignore[return-value]
-        finally:
-            _POLICY_ONLY.reset(token)
 
     @property
     def reference(self) -> nn.Module | None:
@@ -173,7 +161,7 @@ class PreferenceModule(pl.LightningModule):
             if hp.gradient_checkpointing:
                 enable_activation_checkpointing(policy)
             self.policy = policy.train()
-        if not self._reference_built and not _POLICY_ONLY.get():
+        if not self._reference_built and not policy_only():
             self._build_reference()
             self._shard()
 
@@ -201,29 +189,14 @@ class PreferenceModule(pl.LightningModule):
             )
 
     def _shard(self) -> None:
-        """Shard the models for the strategy.
-
-        FSDP2 (``ModelParallelStrategy``): ``fully_shard`` per decoder layer for both models. FSDP1: the reference is
-        wrapped here (this hook runs inside the strategy's ``enable_wrap`` context), the policy by the strategy.
-        """
         strategy = self._trainer.strategy if self._trainer is not None else None
-        if isinstance(strategy, ModelParallelStrategy):
-            mesh = self.device_mesh["data_parallel"]
-            for model in (self.policy, self.reference_model):
-                if model is not None:
-                    fully_shard_causal_lm(model, mesh)
-        elif isinstance(strategy, FSDPStrategy) and self.reference_model is not None:
-            from torch.distributed.fsdp.wrap import wrap
-
-            self.reference_model = wrap(self.reference_model)
+        mesh = self.device_mesh["data_parallel"] if isinstance(strategy, ModelParallelStrategy) else None
+        self.reference_model = shard_for_strategy(strategy, mesh, self.policy, self.reference_model)
 
     def _tokenizer_defaults(self) -> dict[str, Any]:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None)
-        if tokenizer is None:
-            return {}
-        ids = {f"{name}_token_id": getattr(tokenizer, f"{name}_token_id", None) for name in ("pad", "bos", "eos")}
-        return {"vocab_size": len(tokenizer), **{k: v for k, v in ids.items() if v is not None}}
+        return tokenizer_config_defaults(tokenizer) if tokenizer is not None else {}
 
     @override
     def train(self, mode: bool = True) -> PreferenceModule:
@@ -351,37 +324,3 @@ class PreferenceModule(pl.LightningModule):
         else:
             scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # -------------------------------------------------------------- checkpoint
-    @override
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        state = super().state_dict(*args, **kwargs)
-        prefix = kwargs.get("prefix", "")
-        for key in [k for k in state if k.startswith(prefix + _REFERENCE)]:
-            del state[key]  # the reference is rebuilt by configure_model, never saved
-        return state
-
-    @override
-    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [key for key in result.missing_keys if not key.startswith(_REFERENCE)]
-        if strict and (missing or result.unexpected_keys):
-            raise RuntimeError(
-                f"The checkpoint does not match the policy: missing keys {missing[:5]}, unexpected keys "
-                f"{result.unexpected_keys[:5]} (of {len(missing)} and {len(result.unexpected_keys)})."
-            )
-        return result
-
-    @override
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["reference"] = {**self._reference_origin, "fingerprint": weights_fingerprint(self.reference_model)}
-
-    @override
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get("reference")
-        if saved is None or self.reference_model is None:  # nothing to compare (e.g. load_from_checkpoint)
-            return
-        current = {**self._reference_origin, "fingerprint": weights_fingerprint(self.reference_model)}
-        message = reference_mismatch(saved, current)
-        if message:
-            raise RuntimeError(message)

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["decoder_layer_classes", "fully_shard_causal_lm"]
+__all__ = ["decoder_layer_classes", "fully_shard_causal_lm", "shard_for_strategy"]
 
 
 def decoder_layer_classes(model: nn.Module) -> set[str]:
@@ -44,3 +44,30 @@ def fully_shard_causal_lm(model: nn.Module, mesh: Any, reshard_after_forward: bo
             fully_shard(module, mesh=mesh, reshard_after_forward=reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
     return model
+
+
+def shard_for_strategy(strategy: Any, mesh: Any, policy: nn.Module | None, reference: nn.Module | None) -> Any:
+    """Shard the policy and the reference for the Trainer's strategy; returns the (possibly wrapped) reference.
+
+    FSDP2 (Lightning's ``ModelParallelStrategy``): :func:`fully_shard_causal_lm` for both models on ``mesh``. FSDP1
+    (``FSDPStrategy``): the reference is wrapped here (``configure_model`` runs inside the strategy's
+    ``enable_wrap`` context, so the strategy's settings apply); the policy is wrapped by the strategy. Other
+    strategies: nothing to do.
+
+    Args:
+        strategy: ``trainer.strategy``, or ``None`` outside a Trainer.
+        mesh: the data-parallel device mesh under ``ModelParallelStrategy``, else ``None``.
+        policy: the policy.
+        reference: the separate reference model, or ``None``.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+
+    if isinstance(strategy, ModelParallelStrategy):
+        for model in (policy, reference):
+            if model is not None:
+                fully_shard_causal_lm(model, mesh)
+    elif isinstance(strategy, FSDPStrategy) and reference is not None:
+        from torch.distributed.fsdp.wrap import wrap
+
+        reference = wrap(reference)
+    return reference

@@ -16,7 +16,8 @@ reach it like the policy.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+import importlib
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -95,6 +96,23 @@ class ReferenceProvider:
     def config(self) -> dict[str, Any]:
         """``{"class_path": ..., "init_args": ...}``: how to build this provider again (saved in hparams)."""
         return {"class_path": f"{type(self).__module__}.{type(self).__name__}", "init_args": dict(vars(self))}
+
+    @staticmethod
+    def from_config(config: Mapping[str, Any]) -> ReferenceProvider:
+        """Build a provider from :meth:`config`'s output (as saved in a checkpoint's hparams).
+
+        Raises:
+            ValueError: unless ``class_path`` names an importable subclass of :class:`ReferenceProvider`.
+        """
+        class_path = str(config.get("class_path", ""))
+        module_name, _, name = class_path.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError, ValueError):
+            cls = None
+        if not (isinstance(cls, type) and issubclass(cls, ReferenceProvider)):
+            raise ValueError(f"Expected the class_path of a ReferenceProvider, got {class_path!r}.")
+        return cls(**dict(config.get("init_args") or {}))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())

@@ -12,6 +12,7 @@ class CrossRankCheck(pl.Callback):
     def __init__(self) -> None:
         self.checked = 0
         self.last_beta = None
+        self.betas: list[float] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
         provider = pl_module.beta_provider
@@ -20,6 +21,7 @@ class CrossRankCheck(pl.Callback):
         def recording(pairs):
             decision = decide(pairs)
             self.last_beta = decision.beta.detach().float().mean().reshape(1)
+            self.betas.append(float(self.last_beta))
             return decision
 
         provider.decide = recording
