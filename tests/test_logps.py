@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from betadpo_lightning import logps as logps_module
-from betadpo_lightning.logps import gather_log_softmax, sequence_logps
+from betadpo_lightning.logps import gather_log_softmax, sequence_entropy, sequence_logps
 from helpers import reference_impls as ref
 
 
@@ -123,3 +123,31 @@ def test_bad_shapes_are_named():
         sequence_logps(torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(M, V\)"):
         gather_log_softmax(torch.zeros(2, 3), torch.zeros(3, dtype=torch.long))
+
+
+def test_sequence_entropy_hand_computed():
+    """V = 4. Uniform logits: H = log 4, normalised 1. Logits (L, 0, 0, 0) with L → ∞: H → 0. Logits (0, 0, -inf,
+    -inf): two equal tokens, H = log 2, normalised log 2 / log 4 = 1/2. Row [-100, 1, 2, -100]: positions 0 and 1
+    predict response tokens, position 2 predicts padding and does not count."""
+    logits = torch.tensor(
+        [[[0.0, 0.0, 0.0, 0.0], [0.0, 0.0, float("-inf"), float("-inf")], [50.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]]]
+    )
+    labels = torch.tensor([[-100, 1, 2, -100]])
+    assert sequence_entropy(logits, labels).item() == pytest.approx((1.0 + 0.5) / 2, abs=1e-6)
+    assert sequence_entropy(logits[:, 2:], torch.tensor([[-100, 3]])).item() == pytest.approx(0.0, abs=1e-12)
+    assert sequence_entropy(logits, torch.full((1, 4), -100)).item() == 0.0  # no response token
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_sequence_entropy_against_float64_reference(dtype):
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(3, 7, 11, generator=g) * 3).to(dtype)
+    labels = torch.randint(0, 11, (3, 7), generator=g)
+    labels[0, :3] = -100
+    labels[1, 5:] = -100
+    labels[2, :] = -100
+    labels[2, 4] = 5
+    got = sequence_entropy(logits, labels)
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    want = [ref.normalised_entropy(logits[i].double().tolist(), labels[i].tolist(), -100) for i in range(3)]
+    assert got.tolist() == pytest.approx(want, rel=1e-5, abs=1e-6)

@@ -11,10 +11,13 @@ import math
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from transformers import AutoModelForCausalLM
 
+from betadpo_lightning.callbacks import DynamicBetaCallback
+from betadpo_lightning.controllers import ConstantBetaController
 from betadpo_lightning.data.collate import collate_preference_pairs
-from betadpo_lightning.logps import sequence_logps
+from betadpo_lightning.logps import sequence_entropy, sequence_logps
 from betadpo_lightning.module import PreferenceModule
 from betadpo_lightning.reference import (
     AdapterReference,
@@ -23,6 +26,7 @@ from betadpo_lightning.reference import (
     PrecomputedReference,
     ReferenceProvider,
 )
+from betadpo_lightning.types import PairData
 from conftest import save_tiny_model
 from helpers.recorder import Recorder, params_of
 from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs, resumable_loader
@@ -193,3 +197,39 @@ def test_reference_stays_frozen_and_out_of_checkpoints_through_fit_validate_fit(
     assert all(not p.requires_grad for p in module.reference.parameters())
     for key, value in params_of(module.reference).items():
         assert torch.equal(value, before[key])
+
+
+class _RecordsEntropy(ConstantBetaController):
+    """A controller that reads the reference's entropy (as MallowsPO-style methods do) and keeps what it saw."""
+
+    requires = frozenset({"reference_entropy"})
+
+    def __init__(self, beta: float = 0.1) -> None:
+        super().__init__(beta)
+        self.seen: list[PairData] = []
+
+    def step(self, gaps, pairs=None):
+        self.seen.append(pairs)
+        return super().step(gaps, pairs)
+
+
+def test_a_controller_gets_the_reference_entropy_it_requires(tmp_path):
+    pl.seed_everything(0)
+    module = PreferenceModule(model_config=TINY_LLAMA, optimizer=_sgd)
+    controller = _RecordsEntropy()
+    trainer = quiet_trainer(tmp_path, 1, [DynamicBetaCallback(controller)])
+    data = resumable_loader(RandomPairs(4), 4)
+    batch = next(iter(data))  # the loader's first batch again (same seed and epoch)
+    trainer.fit(module, data)
+    (pairs,) = controller.seen
+    with torch.no_grad():  # the reference never changes, so its logits can be computed after the step
+        logits = module.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    want = sequence_entropy(logits, batch["labels"])
+    torch.testing.assert_close(torch.cat([pairs.reference_chosen_entropy, pairs.reference_rejected_entropy]), want)
+
+
+def test_a_controller_needing_what_the_provider_lacks_is_refused_at_start(tmp_path):
+    module = PreferenceModule(model_config=TINY_LLAMA, reference=NoReference())
+    trainer = quiet_trainer(tmp_path, 1, [DynamicBetaCallback(_RecordsEntropy())])
+    with pytest.raises(MisconfigurationException, match=r"_RecordsEntropy needs \['reference_entropy'\]"):
+        trainer.fit(module, resumable_loader(RandomPairs(4), 4))

@@ -165,7 +165,7 @@ def sequence_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -
     selected = logits[rows, cols]  # (M, V)
     entropy = torch.empty(selected.shape[0], dtype=acc, device=logits.device)
     for start, end in _row_chunks(selected.shape[0], width):
-        logp = torch.log_softmax(selected[start:end].to(acc), dim=-1)  # (c, V)
-        entropy[start:end] = -(logp.exp() * logp).sum(-1)
+        probs = torch.softmax(selected[start:end].to(acc), dim=-1)  # (c, V)
+        entropy[start:end] = -torch.special.xlogy(probs, probs).sum(-1)  # 0 · log 0 = 0 (masked tokens)
     sums = torch.zeros(logits.shape[0], dtype=acc, device=logits.device).index_add(0, rows, entropy)
     return sums / mask.sum(-1).clamp(min=1) / math.log(width)

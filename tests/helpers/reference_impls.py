@@ -86,3 +86,17 @@ class BetaDPOReference:
             elif std > self.sigma_min:
                 self.sigma = std
         return max(self.beta_min, self.beta * (1 + self.alpha * (mean - self.m0)))
+
+
+def normalised_entropy(logits: Sequence[Sequence[float]], labels: Sequence[int], ignore: int) -> float:
+    """Mean over response-predicting positions of H(softmax(logits[t])) / log V, in plain Python."""
+    terms = []
+    for t in range(len(labels) - 1):
+        if labels[t + 1] == ignore:
+            continue
+        row = logits[t]
+        top = max(row)
+        log_z = top + math.log(sum(math.exp(v - top) for v in row))
+        probs = [math.exp(v - log_z) for v in row]
+        terms.append(-sum(p * (v - log_z) for p, v in zip(probs, row, strict=True)) / math.log(len(row)))
+    return sum(terms) / len(terms) if terms else 0.0
