@@ -15,7 +15,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-__all__ = ["gather_log_softmax", "sequence_entropy", "sequence_logps"]
+__all__ = [
+    "gather_log_softmax",
+    "perturbed_sequence_logps",
+    "response_positions",
+    "sequence_entropy",
+    "sequence_logps",
+]
 
 # Upper bound on the elements of one float32 chunk (64 MiB); the chunk has at least one row.
 _CHUNK_ELEMENTS = 1 << 24
@@ -122,12 +128,30 @@ def sequence_logps(logits: Tensor, labels: Tensor, ignore_index: int = -100, ave
 
 
 def _response_positions(logits: Tensor, labels: Tensor, ignore_index: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Rows and columns of the positions that predict a response token, their targets and the mask ``(N, T-1)``."""
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(
             f"Expected `logits` of shape (N, T, V) and `labels` of shape (N, T), got "
             f"{tuple(logits.shape)} and {tuple(labels.shape)}."
         )
+    return response_positions(labels, ignore_index)
+
+
+def response_positions(labels: Tensor, ignore_index: int = -100) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The positions that predict a response token (position ``t`` predicts ``labels[:, t + 1]``).
+
+    Args:
+        labels: ``(N, T)`` target ids with ``ignore_index`` on positions that do not count.
+        ignore_index: the label of those positions.
+
+    Returns:
+        ``(rows, cols, targets, mask)``: row and column of each of the ``M`` positions, ``(M,)`` each, the token it
+        predicts ``(M,)``, and the mask ``(N, T-1)``.
+
+    Example:
+        >>> rows, cols, targets, mask = response_positions(torch.tensor([[-100, 5, 6], [-100, -100, 7]]))
+        >>> rows.tolist(), cols.tolist(), targets.tolist()
+        ([0, 0, 1], [0, 1, 1], [5, 6, 7])
+    """
     targets = labels[:, 1:]  # (N, T-1): the token each position t < T-1 predicts
     mask = targets != ignore_index  # (N, T-1)
     rows, cols = mask.nonzero(as_tuple=True)  # (M,), (M,)
@@ -169,3 +193,48 @@ def sequence_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -
         entropy[start:end] = -torch.special.xlogy(probs, probs).sum(-1)  # 0 · log 0 = 0 (masked tokens)
     sums = torch.zeros(logits.shape[0], dtype=acc, device=logits.device).index_add(0, rows, entropy)
     return sums / mask.sum(-1).clamp(min=1) / math.log(width)
+
+
+def perturbed_sequence_logps(
+    policy_logits: Tensor, reference_logits: Tensor, labels: Tensor, epsilon: float, ignore_index: int = -100
+) -> tuple[Tensor, Tensor]:
+    r"""ε-DPO's perturbed log-probabilities, summed over each row's response tokens, in float32 whatever the dtype.
+
+    With ``z`` the policy's and ``z_ref`` the reference's logits at a position:
+    :math:`\ell^{+} = \log\mathrm{softmax}((1+\varepsilon)z - \varepsilon z_{ref})` (≈ the policy for β/(1+ε)) and
+    :math:`\ell^{-} = \log\mathrm{softmax}((1-\varepsilon)z + \varepsilon z_{ref})` (≈ β/(1−ε)), at the target.
+    Same shift as :func:`sequence_logps`; computed without gradients, in row chunks.
+
+    Args:
+        policy_logits: ``(N, T, V)``.
+        reference_logits: ``(N, T, V)``.
+        labels: ``(N, T)``, ``ignore_index`` on positions that do not count.
+        epsilon: ε.
+        ignore_index: the label value of positions to ignore.
+
+    Returns:
+        ``(lp_plus, lp_minus)``, ``(N,)`` each, float32.
+
+    Example:
+        >>> z = torch.zeros(1, 3, 4)  # policy == reference: both perturbations are the policy itself
+        >>> perturbed_sequence_logps(z, z, torch.tensor([[-100, 2, 1]]), epsilon=0.1)
+        (tensor([-2.7726]), tensor([-2.7726]))
+    """
+    if reference_logits.shape != policy_logits.shape:
+        raise ValueError(
+            f"Expected `reference_logits` of the policy's shape {tuple(policy_logits.shape)}, got "
+            f"{tuple(reference_logits.shape)}."
+        )
+    rows, cols, targets, _ = _response_positions(policy_logits, labels, ignore_index)
+    plus = torch.empty(rows.shape[0], dtype=torch.float32, device=policy_logits.device)
+    minus = torch.empty_like(plus)
+    with torch.no_grad():
+        z_all, z_ref_all = policy_logits[rows, cols], reference_logits[rows, cols]  # (M, V)
+        for start, end in _row_chunks(rows.shape[0], policy_logits.shape[-1]):
+            z, z_ref = z_all[start:end].float(), z_ref_all[start:end].float()
+            t = targets[start:end, None]
+            for out, sign in ((plus, 1.0), (minus, -1.0)):
+                mixed = (1 + sign * epsilon) * z - sign * epsilon * z_ref  # (c, V)
+                out[start:end] = (mixed.gather(-1, t) - torch.logsumexp(mixed, -1, keepdim=True)).squeeze(-1)
+    zeros = torch.zeros(policy_logits.shape[0], dtype=torch.float32, device=policy_logits.device)
+    return zeros.index_add(0, rows, plus), zeros.clone().index_add(0, rows, minus)

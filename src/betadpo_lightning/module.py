@@ -6,6 +6,7 @@ import functools
 import os
 import warnings
 from collections.abc import Mapping
+from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
@@ -22,7 +23,6 @@ from betadpo_lightning.callbacks.protocol import BetaProvider, static_decision
 from betadpo_lightning.callbacks.reporting import PreferenceReporter
 from betadpo_lightning.checkpointing import ReferenceCheckpointing, policy_only
 from betadpo_lightning.checks import check_batch, check_finite
-from betadpo_lightning.logps import sequence_entropy, sequence_logps
 from betadpo_lightning.losses import PAIR_LOSSES, pair_margins
 from betadpo_lightning.models import (
     DType,
@@ -36,11 +36,13 @@ from betadpo_lightning.models import (
 from betadpo_lightning.parallel import shard_for_strategy
 from betadpo_lightning.reference import FrozenReference, ReferenceProvider
 from betadpo_lightning.schedulers import LinearWarmup
+from betadpo_lightning.scoring import head_unsupported_reason, perturbed_rows, score_rows
 from betadpo_lightning.types import PairData
 
 __all__ = ["PreferenceModule"]
 
 LossType = Literal["sigmoid", "robust", "ipo", "hinge"]
+HeadOption = Literal["auto", "full"]
 
 
 class PreferenceModule(ReferenceCheckpointing):
@@ -76,6 +78,9 @@ class PreferenceModule(ReferenceCheckpointing):
         gradient_checkpointing: recompute the policy's activations in the backward pass.
         dropout: keep the models' dropout; by default every dropout is disabled in both models.
         lora: ``peft.LoraConfig`` arguments to train LoRA adapters instead of the full policy (``None``: full).
+        head: ``auto`` projects only the positions that predict a response token, chunk by chunk in float32
+            (:mod:`~betadpo_lightning.scoring`), for the models it supports, and full logits otherwise; ``full``
+            always computes the full ``(2B, T, V)`` logits.
         optimizer: optimizer factory over the policy's trainable parameters (``None``: AdamW, lr 1e-6, no decay).
         scheduler: LR scheduler factory, stepped every optimizer step (``None``: linear warmup over the first
             10% of the steps, then constant).
@@ -98,6 +103,7 @@ class PreferenceModule(ReferenceCheckpointing):
         gradient_checkpointing: bool = False,
         dropout: bool = False,
         lora: LoraOptions | None = None,
+        head: HeadOption = "auto",
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
         check_finite: bool = True,
@@ -109,6 +115,8 @@ class PreferenceModule(ReferenceCheckpointing):
             raise ValueError("Give exactly one of `model_name_or_path` and `model_config`.")
         if not beta > 0:
             raise ValueError(f"Expected `beta` > 0, got {beta}.")
+        if head not in ("auto", "full"):
+            raise ValueError(f"Expected `head` in ('auto', 'full'), got {head!r}.")
         self._loss = PAIR_LOSSES[loss_type]
         self._loss.fn(torch.zeros(1), beta, label_smoothing)  # validates label_smoothing for this loss now
         if isinstance(reference, Mapping):  # from a checkpoint's hparams (plain data)
@@ -126,6 +134,7 @@ class PreferenceModule(ReferenceCheckpointing):
         self.reporter = PreferenceReporter()
         self._reference_origin: dict[str, Any] = {}
         self._reference_built = False
+        self._head_support: dict[int, bool] = {}
 
     @property
     def pair_extras(self) -> frozenset[str]:
@@ -222,39 +231,57 @@ class PreferenceModule(ReferenceCheckpointing):
             )
 
     # -------------------------------------------------------------------- step
-    def _rows(self, model: nn.Module, batch: dict[str, Tensor], entropy: bool) -> tuple[Tensor, Tensor | None]:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-        logits = out.logits if hasattr(out, "logits") else out  # (2B, T, V)
-        logps = sequence_logps(logits, batch["labels"], average=self.average_logps)  # (2B,)
-        return logps, (sequence_entropy(logits, batch["labels"]) if entropy else None)
+    def _use_head(self, *models: nn.Module) -> bool:
+        """Whether the response-only head serves all of ``models`` (the reason for the fallback is logged once)."""
+        if self.hparams.head == "full":
+            return False
+        for model in models:
+            if id(model) not in self._head_support:
+                reason = head_unsupported_reason(model)
+                self._head_support[id(model)] = reason is None
+                if reason is not None:
+                    rank_zero_info(f"PreferenceModule: full logits for {type(model).__name__}: {reason}.")
+        return all(self._head_support[id(model)] for model in models)
 
-    def forward_pairs(self, batch: dict[str, Tensor], extras: frozenset[str] = frozenset()) -> PairData:
+    def forward_pairs(
+        self, batch: dict[str, Tensor], extras: frozenset[str] = frozenset(), epsilon: float | None = None
+    ) -> PairData:
         """Policy (with grad) and reference (without) values of a ``(2B, T)`` batch as ``B`` pairs.
 
         Args:
             batch: the preference batch (``input_ids``, ``attention_mask``, ``labels`` ``(2B, T)``; ``pair_index``
                 ``(B,)``; precomputed reference fields when the provider reads them).
             extras: extra groups to compute beyond ``lengths`` (always present).
+            epsilon: ε of the ``perturbed_logps`` extra.
 
         Returns:
             The pairs, ``(B,)`` fields.
         """
         assert self.policy is not None
-        lengths = (batch["labels"][:, 1:] != -100).sum(-1).float()  # (2B,)
-        policy, _ = self._rows(self.policy, batch, entropy=False)
-        entropy = "reference_entropy" in extras
+        labels = batch["labels"]
+        lengths = (labels[:, 1:] != -100).sum(-1).float()  # (2B,)
+        entropy, perturb = "reference_entropy" in extras, "perturbed_logps" in extras
         provider = self.reference_provider
-        with torch.no_grad():
-            if provider.has_model:
-                with provider.model(self.policy, self.reference) as model:
-                    reference, ref_entropy = self._rows(model, batch, entropy)
+        if perturb and (epsilon is None or not provider.has_model):
+            raise ValueError("Perturbed log-probs need an `epsilon` and a reference model (reference logits).")
+        average = self.average_logps
+        # Perturbed log-probs combine both models' logits chunk by chunk: both on the same path.
+        head = self._use_head(self.policy, *([self.reference or self.policy] if perturb else []))
+        policy = score_rows(self.policy, batch, head, average, keep=perturb)
+        with torch.no_grad(), provider.model(self.policy, self.reference) if provider.has_model else nullcontext() as m:
+            if m is not None:
+                ref = score_rows(m, batch, head if perturb else self._use_head(m), average, entropy, keep=perturb)
+                reference, ref_entropy = ref.logps, ref.entropy
             else:
                 reference, ref_entropy = provider.rows(batch, entropy)
-                if self.average_logps:  # precomputed values are sums
-                    reference = reference / lengths.clamp(min=1)
+                reference = reference / lengths.clamp(min=1) if average else reference  # precomputed: sums
+            perturbed = perturbed_rows(policy, ref, labels, epsilon) if perturb else None  # type: ignore[arg-type]
+        if perturbed is not None and average:
+            perturbed = (perturbed[0] / lengths.clamp(min=1), perturbed[1] / lengths.clamp(min=1))
         return PairData.from_rows(
-            policy,
-            reference.to(policy.dtype),
+            policy.logps,
+            reference.to(policy.logps.dtype),
+            perturbed,
             lengths=lengths,
             reference_entropy=ref_entropy,
             pair_index=batch.get("pair_index"),

@@ -144,12 +144,15 @@ class PairData:
         return PairData(**{name: torch.cat([part.tensors()[name] for part in parts]) for name in names})
 
     @staticmethod
-    def from_rows(policy: Tensor, reference: Tensor, **rows: Tensor | None) -> PairData:
+    def from_rows(
+        policy: Tensor, reference: Tensor, perturbed: tuple[Tensor, Tensor] | None = None, **rows: Tensor | None
+    ) -> PairData:
         """Split ``(2B,)`` per-row values (chosen rows first, then rejected) into pair fields.
 
         Args:
             policy: policy log-probabilities of the ``2B`` rows, shape ``(2B,)``.
             reference: reference log-probabilities of the ``2B`` rows, shape ``(2B,)``.
+            perturbed: the rows' log-probabilities under the ``plus`` and ``minus`` perturbations, ``(2B,)`` each.
             **rows: extra per-row values by group name, ``(2B,)`` each (``lengths``, ``reference_entropy``), or
                 ``pair_index`` with shape ``(B,)``.
 
@@ -167,6 +170,10 @@ class PairData:
             "reference_chosen_logps": reference[:b],
             "reference_rejected_logps": reference[b:],
         }
+        if perturbed is not None:
+            plus, minus = perturbed
+            fields |= {"plus_chosen_logps": plus[:b], "plus_rejected_logps": plus[b:]}
+            fields |= {"minus_chosen_logps": minus[:b], "minus_rejected_logps": minus[b:]}
         for name, value in rows.items():
             if value is None:
                 continue
