@@ -47,11 +47,26 @@ def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     out = hidden.to(weight.dtype) @ weight.T
     acc = torch.float64 if out.dtype == torch.float64 else torch.float32
     out = out.to(acc)
-    return out + bias.to(acc) if bias is not None else out
+    return out.add_(bias.to(acc)) if bias is not None else out
+
+
+def _target_and_lse(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The target logit and the log-normaliser of each row, ``(c,)`` each; overwrites ``logits`` (``(c, V)``).
+
+    One pass for the maximum, one in-place ``exp`` pass and one sum: no ``(c, V)`` temporary is allocated.
+    """
+    target = logits.gather(-1, targets[:, None]).squeeze(-1)
+    top = logits.amax(-1, keepdim=True)  # (c, 1)
+    lse = logits.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))
+    return target, lse
 
 
 class _LinearLogSoftmax(torch.autograd.Function):
-    """``log_softmax(h Wᵀ + b)[i, t_i]`` by row chunks; the backward recomputes each chunk's logits."""
+    """``log_softmax(h Wᵀ + b)[i, t_i]`` by row chunks; the backward recomputes each chunk's logits.
+
+    The backward uses ``∂ℓ/∂z = g (e_t − p)``: ``∂h = g (W_t − p W)``, ``∂W = −pᵀ (g h) + scatter_t(g h)`` and
+    ``∂b = −gᵀ p + scatter_t(g)``, so the only ``(c, V)`` work besides the two products is one in-place ``exp``.
+    """
 
     @staticmethod
     def forward(
@@ -63,9 +78,8 @@ class _LinearLogSoftmax(torch.autograd.Function):
         lse = torch.empty_like(out)
         with torch.autocast(hidden.device.type, enabled=False):
             for start, end in _chunks(hidden.shape[0], weight.shape[0]):
-                logits = _logits(hidden[start:end], w, bias)  # (c, V)
-                lse[start:end] = torch.logsumexp(logits, dim=-1)
-                out[start:end] = logits.gather(-1, targets[start:end, None]).squeeze(-1) - lse[start:end]
+                target, lse[start:end] = _target_and_lse(_logits(hidden[start:end], w, bias), targets[start:end])
+                out[start:end] = target - lse[start:end]
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.dtype = dtype
         return out
@@ -75,22 +89,24 @@ class _LinearLogSoftmax(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         hidden, weight, bias, targets, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        w = weight.to(ctx.dtype)
+        dtype = ctx.dtype
+        w = weight.to(dtype)
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
         with torch.autocast(hidden.device.type, enabled=False):
             for start, end in _chunks(hidden.shape[0], weight.shape[0]):
-                h = hidden[start:end]
+                t = targets[start:end]
                 g = grad_out[start:end, None].to(lse.dtype)  # (c, 1)
-                grad_logits = torch.exp(_logits(h, w, bias) - lse[start:end, None]).mul_(-g)  # -g·softmax, (c, V)
-                grad_logits.scatter_add_(-1, targets[start:end, None], g)  # + g·e_t
+                probs = _logits(hidden[start:end], w, bias).sub_(lse[start:end, None]).exp_().to(dtype)  # (c, V)
                 if grad_h is not None:
-                    grad_h[start:end] = (grad_logits.to(ctx.dtype) @ w).to(hidden.dtype)
+                    grad_h[start:end] = (g * (w[t] - probs @ w).to(g.dtype)).to(hidden.dtype)
                 if grad_w is not None:
-                    grad_w.add_((grad_logits.T.to(ctx.dtype) @ h.to(ctx.dtype)).to(weight.dtype))
+                    scaled = (hidden[start:end].to(g.dtype) * g).to(dtype)  # (c, H): g·h
+                    grad_w.sub_((probs.T @ scaled).to(weight.dtype)).index_add_(0, t, scaled.to(weight.dtype))
                 if grad_b is not None:
-                    grad_b.add_(grad_logits.sum(0).to(bias.dtype))
+                    grad_b.sub_((g.T.to(dtype) @ probs).squeeze(0).to(bias.dtype))
+                    grad_b.index_add_(0, t, g.squeeze(1).to(bias.dtype))
         return grad_h, grad_w, grad_b, None, None
 
 
@@ -153,11 +169,14 @@ def head_token_stats(
     with torch.autocast(hidden.device.type, enabled=False):
         for start, end in _chunks(hidden.shape[0], weight.shape[0]):
             logits = _logits(hidden[start:end], w, bias)  # (c, V)
+            if entropies is None:
+                target, lse = _target_and_lse(logits, targets[start:end])
+                logps[start:end] = target - lse
+                continue
             logp = torch.log_softmax(logits, dim=-1)
             logps[start:end] = logp.gather(-1, targets[start:end, None]).squeeze(-1)
-            if entropies is not None:
-                probs = logp.exp()
-                entropies[start:end] = -torch.special.xlogy(probs, probs).sum(-1) / math.log(weight.shape[0])
+            probs = logp.exp()
+            entropies[start:end] = -torch.special.xlogy(probs, probs).sum(-1) / math.log(weight.shape[0])
     return logps, entropies
 
 
@@ -204,6 +223,6 @@ def head_perturbed_logps(
             z_ref = _logits(reference_hidden[start:end], wr, reference_bias).float()
             t = targets[start:end, None]
             for out, sign in ((plus, 1.0), (minus, -1.0)):
-                mixed = (1 + sign * epsilon) * z - sign * epsilon * z_ref
-                out[start:end] = (mixed.gather(-1, t) - torch.logsumexp(mixed, dim=-1, keepdim=True)).squeeze(-1)
+                target, lse = _target_and_lse((1 + sign * epsilon) * z - sign * epsilon * z_ref, t.squeeze(-1))
+                out[start:end] = target - lse
     return plus, minus

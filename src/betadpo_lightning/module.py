@@ -172,6 +172,10 @@ class PreferenceModule(ReferenceCheckpointing):
             self.policy = policy.train()
         if not self._reference_built and not policy_only():
             self._build_reference()
+            if self._trainer is not None:
+                entropy = "reference_entropy" in self._wanted_extras()
+                load = functools.partial(build_causal_lm, **self._load_kwargs())
+                self.reference_provider.prepare(self, self._trainer, entropy, load)
             self._shard()
 
     def _load_kwargs(self) -> dict[str, Any]:
@@ -231,6 +235,11 @@ class PreferenceModule(ReferenceCheckpointing):
             )
 
     # -------------------------------------------------------------------- step
+    def _wanted_extras(self) -> frozenset[str]:
+        """The extra groups the β provider's controller requires."""
+        provider = self.beta_provider
+        return provider.required_extras if provider is not None else frozenset()
+
     def _use_head(self, *models: nn.Module) -> bool:
         """Whether the response-only head serves all of ``models`` (the reason for the fallback is logged once)."""
         if self.hparams.head == "full":
@@ -290,7 +299,7 @@ class PreferenceModule(ReferenceCheckpointing):
     def _step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         check_batch(batch)
         provider = self.beta_provider
-        pairs = self.forward_pairs(batch, provider.required_extras if provider is not None else frozenset())
+        pairs = self.forward_pairs(batch, self._wanted_extras())
         margins = pair_margins(pairs)  # (B,)
         if self.check_finite:
             check_finite(margins, batch["labels"], self.global_step)

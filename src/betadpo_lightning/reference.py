@@ -85,6 +85,16 @@ class ReferenceProvider:
         raise NotImplementedError(f"{type(self).__name__} runs no reference model.")
         yield policy  # pragma: no cover
 
+    def prepare(self, module: Any, trainer: Any, entropy: bool, load: Callable[[str], nn.Module]) -> None:
+        """Work before training that needs the Trainer and the data (nothing by default).
+
+        Args:
+            module: the :class:`~betadpo_lightning.module.PreferenceModule`, its policy built and untrained.
+            trainer: the Trainer.
+            entropy: whether the reference entropy will be needed.
+            load: loads a causal LM by hub name or directory with the module's settings.
+        """
+
     def rows(self, batch: dict[str, Tensor], entropy: bool) -> tuple[Tensor, Tensor | None]:
         """Per-row summed log-probs ``(2B,)`` and, if asked, entropies ``(2B,)``, without a model.
 
@@ -182,13 +192,33 @@ class AdapterReference(ReferenceProvider):
 
 
 class PrecomputedReference(ReferenceProvider):
-    """Reference values computed before training and carried in each batch: no reference model in memory.
+    """Reference values computed once before training and carried in each batch: no reference model in memory.
 
-    Each batch holds ``reference_logps`` (``(2B,)`` summed log-probs, chosen rows first) and, for methods that need
-    the reference's dispersion, ``reference_entropy`` (``(2B,)``).
+    With :class:`~betadpo_lightning.data.PreferenceDataModule`, the values are computed at the start of the first
+    run (each rank its share) into ``cache_dir`` and read back by every later run; a cache computed for other
+    reference weights, tokenizer, data, truncation or precision is refused with a message saying which (see
+    :mod:`~betadpo_lightning.reference_cache`). Each batch then holds ``reference_logps`` (``(2B,)`` summed
+    log-probs, chosen rows first) and, for methods that need the reference's dispersion, ``reference_entropy``.
+    With another datamodule, its batches must carry these fields themselves.
+
+    Args:
+        name_or_path: the reference checkpoint; ``None`` uses the initial policy (before any training step).
+        cache_dir: the cache folder (``None``: ``<trainer.default_root_dir>/reference_cache``).
+        batch_size: pairs per batch of the precomputing pass.
     """
 
     provides = frozenset({"reference_entropy"})
+
+    def __init__(self, name_or_path: str | None = None, cache_dir: str | None = None, batch_size: int = 8) -> None:
+        if batch_size < 1:
+            raise ValueError(f"Expected `batch_size` >= 1, got {batch_size}.")
+        self.name_or_path, self.cache_dir, self.batch_size = name_or_path, cache_dir, int(batch_size)
+
+    def prepare(self, module: Any, trainer: Any, entropy: bool, load: Callable[[str], nn.Module]) -> None:
+        """Compute or read the cache and attach it to the datamodule (see :mod:`~betadpo_lightning.reference_cache`)."""
+        from betadpo_lightning.reference_cache import prepare_reference_cache
+
+        prepare_reference_cache(module, trainer, self.cache_dir, self.name_or_path, self.batch_size, entropy, load)
 
     def rows(self, batch: dict[str, Tensor], entropy: bool) -> tuple[Tensor, Tensor | None]:
         """The batch's ``reference_logps`` and, if asked, ``reference_entropy``.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
 import datasets
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
@@ -17,7 +19,14 @@ from betadpo_lightning.data.errors import PreferenceDataError
 from betadpo_lightning.data.formats import ColumnNames, FormatOption
 from betadpo_lightning.data.loader import resumable_train_loader
 from betadpo_lightning.data.loading import DataFiles, load_source, load_tokenizer, pick_split
-from betadpo_lightning.data.pipeline import TokenizationSpec, kept_pairs, split_off_validation, tokenize_split
+from betadpo_lightning.data.pipeline import (
+    TokenizationSpec,
+    content_hash,
+    kept_pairs,
+    split_off_validation,
+    tokenize_split,
+    tokenizer_fingerprint,
+)
 from betadpo_lightning.data.render import ChatTemplateOption
 from betadpo_lightning.data.stats import SplitStats, log_stats
 from betadpo_lightning.data.synthetic import SyntheticConfig, split_files, synthetic_dir, write_synthetic_dataset
@@ -197,6 +206,54 @@ class PreferenceDataModule(LightningDataModule):
             self._split("train")  # raises if setup has not run
             return []
         return self._loader(self.splits["validation"], self.eval_batch_size, shuffle=False)
+
+    # ------------------------------------------------------------ precomputed reference values
+    def cache_identity(self) -> dict[str, object]:
+        """What the tokenized pairs depend on, for keys of caches computed from them (after :meth:`setup`).
+
+        Returns:
+            ``tokenizer`` (name, size, content hash), ``data`` (source, splits with row counts and fingerprints)
+            and ``truncation`` (the limits).
+        """
+        tokenizer = self.tokenizer
+        if tokenizer is None or not self.splits:
+            raise RuntimeError("PreferenceDataModule: call prepare_data() and setup() first")
+        return {
+            "tokenizer": {
+                "name": str(self.tokenizer_name or "synthetic"),
+                "size": len(tokenizer),
+                "hash": tokenizer_fingerprint(tokenizer),
+            },
+            "data": {
+                "dataset": self.dataset,
+                "config": self.dataset_config,
+                "files": self.data_files,
+                "synthetic": None if self.synthetic is None else dataclasses.asdict(self.synthetic),
+                "splits": {
+                    name: {"rows": len(data), "content": content_hash(data)} for name, data in self.splits.items()
+                },
+            },
+            "truncation": dataclasses.asdict(self.spec.limits),
+        }
+
+    def collate(self, samples: list[dict]) -> dict[str, Tensor]:
+        """Collate samples of :attr:`splits` into a batch (the loaders' collate function)."""
+        return self._collate()(samples)
+
+    def attach_columns(self, split: str, columns: dict[str, list[float]]) -> None:
+        """Add per-pair columns (e.g. precomputed ``reference_chosen_logps``) to a split; batches then carry them.
+
+        Raises:
+            ValueError: naming the column whose length differs from the split's.
+        """
+        data = self._split(split)
+        for name, values in columns.items():
+            if len(values) != len(data):
+                raise ValueError(f"column {name!r} has {len(values)} values for the {len(data)} pairs of '{split}'")
+            if name in data.column_names:
+                data = data.remove_columns(name)
+            data = data.add_column(name, values)
+        self.splits[split] = data
 
     def _collate(self) -> functools.partial:
         if self.tokenizer is None:

@@ -9,10 +9,12 @@ of tokenizing again, and any change of an input tokenizes anew.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from dataclasses import dataclass, field
 
 import datasets
+import pyarrow.compute as pc
 from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
@@ -156,3 +158,20 @@ def split_off_validation(
     """
     parts = tokenized.train_test_split(test_size=fraction, shuffle=True, seed=seed)
     return parts["train"], parts["test"]
+
+
+def content_hash(data: datasets.Dataset) -> str:
+    """SHA-256 of a split's pairs, in order: the token ids of prompt, chosen and rejected, and the row indices.
+
+    Independent of where the data and its cache files lie; any change of a token or of the order changes it.
+    """
+    table = data.select_columns(["prompt_input_ids", "chosen_input_ids", "rejected_input_ids", "index"])
+    table = table.with_format("arrow")[:]  # the rows as they are served (any index mapping applied)
+    digest = hashlib.sha256()
+    for name in table.column_names:
+        column = table.column(name)
+        if name != "index":
+            digest.update(pc.list_value_length(column).to_numpy(zero_copy_only=False).tobytes())
+            column = pc.list_flatten(column)
+        digest.update(column.to_numpy(zero_copy_only=False).tobytes())
+    return digest.hexdigest()[:16]

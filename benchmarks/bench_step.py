@@ -1,0 +1,405 @@
+"""One DPO training step, side by side: this library (live reference, precomputed reference, LoRA), the naive
+PyTorch floor, and TRL's ``DPOTrainer``, on the same Llama-style model and the same ``(2B, T)`` pairs.
+
+Each variant runs in its own process (so each has its own peak memory), the variants are interleaved over several
+rounds, and each process times its steps after a warm-up. The table reports the median over rounds of each process's
+median step time, pairs per second, peak memory (peak RSS on CPU, peak CUDA allocation on GPU) and the ratios
+against TRL and against the naive floor.
+
+    python benchmarks/bench_step.py                      # the default size, CPU, 2 threads
+    python benchmarks/bench_step.py --vocab 128256       # the memory effect of a large vocabulary
+    python benchmarks/bench_step.py --preset pythia410m --device cuda --dtype bf16   # on a GPU
+
+TRL comes with the ``bench`` extra (``pip install -e '.[bench]'``); without it the TRL variant is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = {
+    "ours": "ours, live reference",
+    "ours_precomputed": "ours, precomputed reference",
+    "ours_lora": "ours, LoRA (adapters-off reference)",
+    "floor": "naive PyTorch floor",
+    "trl": "TRL DPOTrainer",
+}
+PRESETS = {
+    "default": {"hidden": 256, "intermediate": 1024, "layers": 4, "heads": 4, "vocab": 32000},
+    "pythia410m": {"hidden": 1024, "intermediate": 4096, "layers": 24, "heads": 16, "vocab": 50304},
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="default", help="model size")
+    parser.add_argument("--hidden", type=int)
+    parser.add_argument("--intermediate", type=int)
+    parser.add_argument("--layers", type=int)
+    parser.add_argument("--heads", type=int)
+    parser.add_argument("--vocab", type=int)
+    parser.add_argument("--pairs", type=int, default=8, help="pairs per step (B)")
+    parser.add_argument("--prompt", type=int, default=128, help="prompt tokens per pair")
+    parser.add_argument("--response", type=int, default=128, help="response tokens per row")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: bf16-mixed autocast")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", help="write the raw results (JSON) here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+# --------------------------------------------------------------------------------------------- shared set-up
+def build_model_dir(args: argparse.Namespace, path: Path) -> None:
+    """A randomly initialised Llama-style model and a word-level tokenizer with the same vocabulary, saved."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=args.hidden,
+        intermediate_size=args.intermediate,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        vocab_size=args.vocab,
+        max_position_embeddings=args.prompt + args.response + 8,
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=None,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2} | {f"w{i}": i for i in range(3, args.vocab)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>")
+    tokenizer.save_pretrained(path)
+
+
+def make_pairs(args: argparse.Namespace, count: int) -> list[dict]:
+    """Token ids of ``count`` pairs: prompt, chosen and rejected responses (each ending with EOS = 1)."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+
+    def ids(n: int) -> list[int]:
+        return torch.randint(3, args.vocab, (n,), generator=g).tolist()
+
+    return [
+        {
+            "prompt_input_ids": ids(args.prompt),
+            "chosen_input_ids": [*ids(args.response - 1), 1],
+            "rejected_input_ids": [*ids(args.response - 1), 1],
+            "index": i,
+        }
+        for i in range(count)
+    ]
+
+
+def peak_memory(device: str) -> float:
+    """Peak memory in GB: CUDA allocation on GPU, resident set size of the process on CPU."""
+    import resource
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB on Linux
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------------------------ variants
+def run_ours(args: argparse.Namespace, model_dir: Path, variant: str) -> list[float]:
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader
+
+    from betadpo_lightning.data.collate import collate_preference_pairs
+    from betadpo_lightning.module import PreferenceModule
+    from betadpo_lightning.reference import AdapterReference, PrecomputedReference
+
+    total = args.warmup + args.steps
+    samples = make_pairs(args, args.pairs * total)
+    kwargs: dict = {}
+    lr = 1e-6
+    if variant == "ours_precomputed":
+        values = torch.load(Path(args.workdir) / "reference.pt")  # computed by the `precompute` child, elsewhere
+        for sample, (chosen, rejected) in zip(samples, values.tolist(), strict=True):
+            sample["reference_chosen_logps"], sample["reference_rejected_logps"] = chosen, rejected
+        kwargs["reference"] = PrecomputedReference()
+    elif variant == "ours_lora":
+        kwargs |= {"lora": {"r": 16, "lora_alpha": 32, "lora_dropout": 0.0}, "reference": AdapterReference()}
+        lr = 1e-4
+
+    def collate(batch: list[dict]) -> dict:
+        return collate_preference_pairs(batch, pad_token_id=0)
+
+    loader = DataLoader(samples, batch_size=args.pairs, collate_fn=collate)
+    module = PreferenceModule(
+        model_name_or_path=str(model_dir), optimizer=lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=0.0), **kwargs
+    )
+    times: list[float] = []
+
+    class Timer(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            synchronize(args.device)
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            synchronize(args.device)
+            times.append(time.perf_counter() - self.start)
+
+    trainer = pl.Trainer(
+        accelerator="gpu" if args.device == "cuda" else "cpu",
+        devices=1,
+        precision="bf16-mixed" if args.dtype == "bf16" else "32-true",
+        max_steps=total,
+        callbacks=[Timer()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, loader)
+    return times[args.warmup :]
+
+
+def run_precompute(args: argparse.Namespace, model_dir: Path) -> None:
+    """Reference log-probs of every pair, computed once with the library's scoring, saved for ``ours_precomputed``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from betadpo_lightning.data.collate import collate_preference_pairs
+    from betadpo_lightning.scoring import score_rows
+
+    samples = make_pairs(args, args.pairs * (args.warmup + args.steps))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(args.device).eval()
+    values = []
+    with torch.no_grad():
+        for start in range(0, len(samples), args.pairs):
+            batch = collate_preference_pairs(samples[start : start + args.pairs], pad_token_id=0)
+            batch = {k: v.to(args.device) for k, v in batch.items()}
+            with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+                logps = score_rows(model, batch, head=True).logps.cpu()  # (2B,)
+            b = logps.shape[0] // 2
+            values.append(torch.stack([logps[:b], logps[b:]], dim=1))
+    torch.save(torch.cat(values), Path(args.workdir) / "reference.pt")
+
+
+def run_floor(args: argparse.Namespace, model_dir: Path) -> list[float]:
+    """Plain PyTorch: policy forward + backward and reference forward with full logits, sigmoid DPO, AdamW."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM
+
+    from betadpo_lightning.data.collate import collate_preference_pairs
+
+    device = torch.device(args.device)
+    policy = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).train()
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6, weight_decay=0.0)
+    samples = make_pairs(args, args.pairs * (args.warmup + args.steps))
+
+    def logps(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        mask = labels != -100
+        per_token = torch.gather(logits.float().log_softmax(-1), 2, labels.clamp(min=0)[..., None]).squeeze(-1)
+        return (per_token * mask).sum(-1)
+
+    times = []
+    for start in range(0, len(samples), args.pairs):
+        batch = collate_preference_pairs(samples[start : start + args.pairs], pad_token_id=0)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        synchronize(args.device)
+        began = time.perf_counter()
+        with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.dtype == "bf16"):
+            policy_logps = logps(policy, batch)
+            with torch.no_grad():
+                reference_logps = logps(reference, batch)
+        b = policy_logps.shape[0] // 2
+        margins = (policy_logps[:b] - reference_logps[:b]) - (policy_logps[b:] - reference_logps[b:])
+        loss = -F.logsigmoid(0.1 * margins).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        synchronize(args.device)
+        times.append(time.perf_counter() - began)
+    return times[args.warmup :]
+
+
+def run_trl(args: argparse.Namespace, model_dir: Path) -> list[float]:
+    import copy
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    def text(ids: list[int]) -> str:
+        return " ".join(f"w{i}" for i in ids)
+
+    samples = make_pairs(args, args.pairs * (args.warmup + args.steps))
+    rows = {
+        "prompt": [text(s["prompt_input_ids"]) for s in samples],
+        "chosen": [text(s["chosen_input_ids"][:-1]) for s in samples],  # TRL appends EOS itself
+        "rejected": [text(s["rejected_input_ids"][:-1]) for s in samples],
+    }
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    reference = copy.deepcopy(model)  # TRL needs an explicit reference for a model it did not load itself
+    times: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *unused, **kwargs) -> None:
+            synchronize(args.device)
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *unused, **kwargs) -> None:
+            synchronize(args.device)
+            times.append(time.perf_counter() - self.start)
+
+    config = DPOConfig(
+        output_dir=str(Path(args.workdir) / "trl"),
+        per_device_train_batch_size=args.pairs,
+        max_steps=args.warmup + args.steps,
+        learning_rate=1e-6,
+        lr_scheduler_type="constant",
+        beta=0.1,
+        max_length=None,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=args.device == "cpu",
+        bf16=args.dtype == "bf16",
+        gradient_checkpointing=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=reference,
+        args=config,
+        train_dataset=Dataset.from_dict(rows),
+        processing_class=tokenizer,
+        callbacks=[Timer()],
+    )
+    trainer.train()
+    return times[args.warmup :]
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    model_dir = Path(args.workdir) / "model"
+    if args.child == "precompute":
+        run_precompute(args, model_dir)
+        return
+    runner = {"floor": run_floor, "trl": run_trl}.get(args.child)
+    times = runner(args, model_dir) if runner else run_ours(args, model_dir, args.child)
+    print("RESULT " + json.dumps({"times": times, "peak_gb": peak_memory(args.device)}), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------- parent
+def launch(args: argparse.Namespace, variant: str, argv: list[str]) -> dict | None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore"}
+    env |= {"OMP_NUM_THREADS": str(args.threads), "TQDM_DISABLE": "1"}
+    command = [sys.executable, __file__, *argv, "--child", variant, "--workdir", args.workdir]
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    results = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or (variant != "precompute" and not results):
+        print(f"[{variant}] failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
+        return None
+    return json.loads(results[-1][len("RESULT ") :]) if results else {}
+
+
+def table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> str:
+    medians = {v: statistics.median(statistics.median(r["times"]) for r in rs) for v, rs in runs.items() if rs}
+    peaks = {v: max(r["peak_gb"] for r in rs) for v, rs in runs.items() if rs}
+    memory = "peak CUDA allocation" if args.device == "cuda" else "peak RSS"
+    lines = [
+        f"| variant | s/step | pairs/s | {memory} (GB) | throughput vs TRL | memory vs TRL | step time vs floor |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for variant, seconds in medians.items():
+        trl, floor = medians.get("trl"), medians.get("floor")
+        speed = f"{trl / seconds:.2f}×" if trl else "–"
+        mem = f"{peaks[variant] / peaks['trl']:.2f}×" if "trl" in peaks else "–"
+        vs_floor = f"{seconds / floor:.2f}×" if floor else "–"
+        lines.append(
+            f"| {VARIANTS[variant]} | {seconds:.3f} | {args.pairs / seconds:.2f} | {peaks[variant]:.2f} | {speed} | "
+            f"{mem} | {vs_floor} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.child:
+        child(args)
+        return
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = set(variants) - set(VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown variants {sorted(unknown)}; choose from {sorted(VARIANTS)}")
+    if "trl" in variants:
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            print("TRL is not installed (pip install -e '.[bench]'): skipping its variant.", file=sys.stderr)
+            variants.remove("trl")
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--out")]
+    with tempfile.TemporaryDirectory() as workdir:
+        args.workdir = workdir
+        build_model_dir(args, Path(workdir) / "model")
+        if "ours_precomputed" in variants:
+            launch(args, "precompute", passthrough)
+        runs: dict[str, list[dict]] = {v: [] for v in variants}
+        for round_index in range(args.rounds):
+            for variant in variants:
+                result = launch(args, variant, passthrough)
+                if result:
+                    runs[variant].append(result)
+                    print(f"round {round_index + 1} {variant}: {statistics.median(result['times']):.3f} s/step, "
+                          f"{result['peak_gb']:.2f} GB", file=sys.stderr, flush=True)
+    size = (f"Llama hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, {args.heads} heads, "
+            f"vocabulary {args.vocab}; {args.pairs} pairs of {args.prompt} prompt + {args.response} response tokens; "
+            f"{args.dtype} on {args.device}" + (f", {args.threads} threads" if args.device == "cpu" else "")
+            + f"; median of {args.rounds} interleaved rounds of {args.steps} steps after {args.warmup} warm-up steps")
+    print(f"\n{size}\n\n{table(args, runs)}")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
