@@ -131,5 +131,7 @@ def test_resume_against_another_reference_checkpoint_says_what_differs(tmp_path,
     trainer.fit(first, resumable_loader(RandomPairs(8), 4))
     trainer.save_checkpoint(tmp_path / "a.ckpt")
     second = PreferenceModule(model_name_or_path=str(tiny_model_dir), reference=FrozenReference(str(other)))
-    with pytest.raises(RuntimeError, match=r"provider: 'FrozenReference\(name_or_path=None\)' in the checkpoint"):
+    with pytest.raises(
+        RuntimeError, match=r"provider: 'FrozenReference\(name_or_path=None, quantization=None\)' in the checkpoint"
+    ):
         quiet_trainer(tmp_path, 2).fit(second, resumable_loader(RandomPairs(8), 4), ckpt_path=tmp_path / "a.ckpt")

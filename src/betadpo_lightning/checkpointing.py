@@ -37,6 +37,15 @@ class ReferenceCheckpointing(pl.LightningModule):
 
     reference_model: nn.Module | None
     _reference_origin: dict[str, Any]
+    _base_keys: frozenset[str] = frozenset()
+
+    def _unsaved(self, key: str) -> bool:
+        """Whether a state-dict key stays out of checkpoints.
+
+        The reference's keys never enter them, nor the frozen base of a LoRA policy loaded from a checkpoint
+        (``_base_keys``, rebuilt from that checkpoint).
+        """
+        return key.startswith(REFERENCE_PREFIX) or key in self._base_keys
 
     @classmethod
     def load_from_checkpoint(cls, *args: Any, **kwargs: Any) -> Self:  # type: ignore[override]
@@ -55,14 +64,14 @@ class ReferenceCheckpointing(pl.LightningModule):
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         state = super().state_dict(*args, **kwargs)
         prefix = kwargs.get("prefix", "")
-        for key in [k for k in state if k.startswith(prefix + REFERENCE_PREFIX)]:
+        for key in [k for k in state if self._unsaved(k[len(prefix) :])]:
             del state[key]  # the reference is rebuilt by configure_model, never saved
         return state
 
     @override
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         result = super().load_state_dict(state_dict, strict=False, assign=assign)
-        missing = [key for key in result.missing_keys if not key.startswith(REFERENCE_PREFIX)]
+        missing = [key for key in result.missing_keys if not self._unsaved(key)]
         if strict and (missing or result.unexpected_keys):
             raise RuntimeError(
                 f"The checkpoint does not match the policy: missing keys {missing[:5]}, unexpected keys "

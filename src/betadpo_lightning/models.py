@@ -9,6 +9,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from betadpo_lightning.quantization import Quantization, bitsandbytes_config
+
 __all__ = [
     "DType",
     "LoraOptions",
@@ -49,6 +51,8 @@ def build_causal_lm(
     attn_implementation: str | None = None,
     trust_remote_code: bool = False,
     defaults: dict[str, Any] | None = None,
+    quantization: Quantization | None = None,
+    device: torch.device | str | None = None,
 ) -> nn.Module:
     """A ``transformers`` causal LM from a hub name / local directory, or randomly initialised from a config.
 
@@ -61,12 +65,16 @@ def build_causal_lm(
         attn_implementation: e.g. ``"sdpa"``, ``"eager"``, ``"flash_attention_2"``.
         trust_remote_code: allow custom model code from the hub.
         defaults: config values used where ``config`` does not set them (e.g. the tokenizer's vocab size).
+        quantization: load the linear layers in ``"4bit"`` (NF4, double quantisation) or ``"8bit"`` through
+            bitsandbytes; the output layer stays unquantised. Only for ``name_or_path``.
+        device: where a quantised model is loaded (``None``: CPU).
 
     Returns:
         The model.
 
     Raises:
-        ValueError: unless exactly one of ``name_or_path`` / ``config`` is given, or without ``model_type``.
+        ValueError: unless exactly one of ``name_or_path`` / ``config`` is given, without ``model_type``, or for a
+            quantised ``config`` model.
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -76,6 +84,11 @@ def build_causal_lm(
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     torch_dtype = resolve_dtype(dtype)
+    if quantization is not None:
+        if name_or_path is None:
+            raise ValueError("A quantised model is loaded from a checkpoint (`name_or_path`), not built from a config.")
+        kwargs["quantization_config"] = bitsandbytes_config(quantization, torch_dtype)
+        kwargs["device_map"] = {"": str(device or "cpu")}
     if name_or_path is not None:
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype

@@ -5,13 +5,12 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
@@ -31,9 +30,11 @@ from betadpo_lightning.models import (
     build_causal_lm,
     disable_dropout,
     enable_activation_checkpointing,
+    frozen_copy,
     tokenizer_config_defaults,
 )
-from betadpo_lightning.parallel import shard_for_strategy
+from betadpo_lightning.parallel import data_parallel_mesh, fully_shard_causal_lm, sharded_frozen_copy, wrap_for_fsdp1
+from betadpo_lightning.quantization import Quantization, prepare_quantized_policy
 from betadpo_lightning.reference import FrozenReference, ReferenceProvider
 from betadpo_lightning.schedulers import LinearWarmup
 from betadpo_lightning.scoring import head_unsupported_reason, perturbed_rows, score_rows
@@ -77,7 +78,10 @@ class PreferenceModule(ReferenceCheckpointing):
         trust_remote_code: allow custom model code from the hub.
         gradient_checkpointing: recompute the policy's activations in the backward pass.
         dropout: keep the models' dropout; by default every dropout is disabled in both models.
-        lora: ``peft.LoraConfig`` arguments to train LoRA adapters instead of the full policy (``None``: full).
+        lora: ``peft.LoraConfig`` arguments to train LoRA adapters instead of the full policy (``None``: full). A LoRA
+            policy loaded from ``model_name_or_path`` checkpoints only its adapters.
+        quantization: load the policy's base in ``"4bit"`` or ``"8bit"`` (bitsandbytes) and train LoRA adapters on
+            it (QLoRA); needs ``lora`` and ``model_name_or_path``.
         head: ``auto`` projects only the positions that predict a response token, chunk by chunk in float32
             (:mod:`~betadpo_lightning.scoring`), for the models it supports, and full logits otherwise; ``full``
             always computes the full ``(2B, T, V)`` logits.
@@ -103,6 +107,7 @@ class PreferenceModule(ReferenceCheckpointing):
         gradient_checkpointing: bool = False,
         dropout: bool = False,
         lora: LoraOptions | None = None,
+        quantization: Quantization | None = None,
         head: HeadOption = "auto",
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
@@ -115,6 +120,11 @@ class PreferenceModule(ReferenceCheckpointing):
             raise ValueError("Give exactly one of `model_name_or_path` and `model_config`.")
         if not beta > 0:
             raise ValueError(f"Expected `beta` > 0, got {beta}.")
+        if quantization is not None and (lora is None or model_name_or_path is None):
+            raise ValueError(
+                f"quantization={quantization!r} trains LoRA adapters on a base loaded from a checkpoint: set `lora` "
+                "and `model_name_or_path`."
+            )
         if head not in ("auto", "full"):
             raise ValueError(f"Expected `head` in ('auto', 'full'), got {head!r}.")
         self._loss = PAIR_LOSSES[loss_type]
@@ -135,6 +145,7 @@ class PreferenceModule(ReferenceCheckpointing):
         self._reference_origin: dict[str, Any] = {}
         self._reference_built = False
         self._head_support: dict[int, bool] = {}
+        self._base_keys: frozenset[str] = frozenset()
 
     @property
     def pair_extras(self) -> frozenset[str]:
@@ -158,25 +169,41 @@ class PreferenceModule(ReferenceCheckpointing):
         Idempotent, as Lightning may call it more than once.
         """
         if self.policy is None:
-            hp = self.hparams
-            config = hp.model_config
-            if config is not None:
-                config = self.hparams["model_config"] = {**self._tokenizer_defaults(), **config}
-            policy = build_causal_lm(hp.model_name_or_path, config, **self._load_kwargs())
-            if hp.lora is not None:
-                policy = apply_lora(policy, hp.lora)
-            if not hp.dropout:
-                disable_dropout(policy)
-            if hp.gradient_checkpointing:
-                enable_activation_checkpointing(policy)
-            self.policy = policy.train()
+            self.policy = self._build_policy()
+            self._base_keys = self._unsaved_policy_keys()
         if not self._reference_built and not policy_only():
-            self._build_reference()
-            if self._trainer is not None:
-                entropy = "reference_entropy" in self._wanted_extras()
-                load = functools.partial(build_causal_lm, **self._load_kwargs())
-                self.reference_provider.prepare(self, self._trainer, entropy, load)
-            self._shard()
+            self._build_and_shard_reference()
+
+    def _build_policy(self) -> nn.Module:
+        hp = self.hparams
+        config = hp.model_config
+        if config is not None:
+            config = self.hparams["model_config"] = {**self._tokenizer_defaults(), **config}
+        policy = build_causal_lm(hp.model_name_or_path, config, quantization=hp.quantization, **self._load_kwargs())
+        if hp.quantization is not None:
+            policy = prepare_quantized_policy(policy, gradient_checkpointing=False)
+        if hp.lora is not None:
+            policy = apply_lora(policy, hp.lora)
+        if not hp.dropout:
+            disable_dropout(policy)
+        if hp.gradient_checkpointing:
+            enable_activation_checkpointing(policy)
+        return policy.train()
+
+    def _build_and_shard_reference(self) -> None:
+        hp = self.hparams
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        mesh = data_parallel_mesh(strategy, self.device_mesh) if strategy is not None else None
+        if mesh is not None:  # shard the policy first: a copy of it is then built sharded, never in full
+            fully_shard_causal_lm(self.policy, mesh)
+        copy = frozen_copy if mesh is None or hp.lora is not None else functools.partial(sharded_frozen_copy, mesh=mesh)
+        self._build_reference(copy)
+        if self._trainer is not None:
+            entropy = "reference_entropy" in self._wanted_extras()
+            self.reference_provider.prepare(self, self._trainer, entropy, self._loader())
+        if mesh is not None and self.reference_model is not None and not _is_sharded(self.reference_model):
+            fully_shard_causal_lm(self.reference_model, mesh)
+        self.reference_model = wrap_for_fsdp1(strategy, self.reference_model)
 
     def _load_kwargs(self) -> dict[str, Any]:
         hp = self.hparams
@@ -186,10 +213,19 @@ class PreferenceModule(ReferenceCheckpointing):
             "trust_remote_code": hp.trust_remote_code,
         }
 
-    def _build_reference(self) -> None:
+    def _loader(self) -> Callable[..., nn.Module]:
+        device = self._trainer.strategy.root_device if self._trainer is not None else None
+        return functools.partial(build_causal_lm, device=device, **self._load_kwargs())
+
+    def _unsaved_policy_keys(self) -> frozenset[str]:
+        """Frozen base weights of a LoRA policy loaded from a checkpoint: rebuilt from it, never saved."""
+        if self.hparams.lora is None or self.hparams.model_name_or_path is None or self.policy is None:
+            return frozenset()
+        return frozenset(f"policy.{name}" for name, p in self.policy.named_parameters() if not p.requires_grad)
+
+    def _build_reference(self, copy: Callable[[nn.Module], nn.Module] = frozen_copy) -> None:
         assert self.policy is not None
-        load = functools.partial(build_causal_lm, **self._load_kwargs())
-        reference = self.reference_provider.build(self.policy, load)
+        reference = self.reference_provider.build(self.policy, self._loader(), copy)
         self._reference_built = True
         self._reference_origin = {"provider": repr(self.reference_provider), "seed": os.environ.get("PL_GLOBAL_SEED")}
         if reference is not None:
@@ -200,11 +236,6 @@ class PreferenceModule(ReferenceCheckpointing):
             rank_zero_info(
                 f"PreferenceModule: {self.reference_provider!r} with {total:,} parameters (not checkpointed)."
             )
-
-    def _shard(self) -> None:
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        mesh = self.device_mesh["data_parallel"] if isinstance(strategy, ModelParallelStrategy) else None
-        self.reference_model = shard_for_strategy(strategy, mesh, self.policy, self.reference_model)
 
     def _tokenizer_defaults(self) -> dict[str, Any]:
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
@@ -360,3 +391,7 @@ class PreferenceModule(ReferenceCheckpointing):
         else:
             scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    return type(model).__name__.startswith("FSDP")

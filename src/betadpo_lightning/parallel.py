@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
-__all__ = ["decoder_layer_classes", "fully_shard_causal_lm", "shard_for_strategy"]
+__all__ = [
+    "data_parallel_mesh",
+    "decoder_layer_classes",
+    "fully_shard_causal_lm",
+    "sharded_frozen_copy",
+    "wrap_for_fsdp1",
+]
 
 
 def decoder_layer_classes(model: nn.Module) -> set[str]:
@@ -46,28 +53,66 @@ def fully_shard_causal_lm(model: nn.Module, mesh: Any, reshard_after_forward: bo
     return model
 
 
-def shard_for_strategy(strategy: Any, mesh: Any, policy: nn.Module | None, reference: nn.Module | None) -> Any:
-    """Shard the policy and the reference for the Trainer's strategy; returns the (possibly wrapped) reference.
+def sharded_frozen_copy(model: nn.Module, mesh: Any) -> nn.Module:
+    """A frozen copy of an FSDP2-sharded ``transformers`` model that is never materialised in full.
 
-    FSDP2 (Lightning's ``ModelParallelStrategy``): :func:`fully_shard_causal_lm` for both models on ``mesh``. FSDP1
-    (``FSDPStrategy``): the reference is wrapped here (``configure_model`` runs inside the strategy's
-    ``enable_wrap`` context, so the strategy's settings apply); the policy is wrapped by the strategy. Other
-    strategies: nothing to do.
+    The copy is built on the meta device from the model's config, sharded on the same mesh, given empty local
+    storage, and filled from the model's local shards and buffers; each rank holds only its shard of it.
 
     Args:
-        strategy: ``trainer.strategy``, or ``None`` outside a Trainer.
-        mesh: the data-parallel device mesh under ``ModelParallelStrategy``, else ``None``.
-        policy: the policy.
-        reference: the separate reference model, or ``None``.
-    """
-    from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
+        model: a ``transformers`` causal LM already sharded by :func:`fully_shard_causal_lm`.
+        mesh: the data-parallel device mesh it is sharded on.
 
-    if isinstance(strategy, ModelParallelStrategy):
-        for model in (policy, reference):
-            if model is not None:
-                fully_shard_causal_lm(model, mesh)
-    elif isinstance(strategy, FSDPStrategy) and reference is not None:
+    Returns:
+        The sharded copy, in eval mode, without gradients.
+    """
+    from transformers import AutoModelForCausalLM
+
+    dtype = next(model.parameters()).dtype
+    with torch.device("meta"):
+        copy = AutoModelForCausalLM.from_config(model.config, dtype=dtype)
+    fully_shard_causal_lm(copy, mesh)
+    device = next(model.parameters()).device
+    copy.to_empty(device=device)
+    sources = dict(model.named_parameters()) | dict(model.named_buffers())
+    with torch.no_grad():
+        for name, target in [*copy.named_parameters(), *copy.named_buffers()]:
+            _local(target).copy_(_local(sources[name]))
+    return copy.eval().requires_grad_(False)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def data_parallel_mesh(strategy: Any, device_mesh: Any) -> Any:
+    """The data-parallel mesh under Lightning's ``ModelParallelStrategy`` (``None`` under other strategies).
+
+    Raises:
+        MisconfigurationException: for tensor parallelism (its size > 1), which the library does not support.
+    """
+    from lightning.pytorch.strategies import ModelParallelStrategy
+    from lightning.pytorch.utilities.exceptions import MisconfigurationException
+
+    if not isinstance(strategy, ModelParallelStrategy):
+        return None
+    if device_mesh["tensor_parallel"].size() > 1:
+        raise MisconfigurationException(
+            f"ModelParallelStrategy(tensor_parallel_size={device_mesh['tensor_parallel'].size()}): tensor "
+            "parallelism is not supported; set tensor_parallel_size=1 and data_parallel_size to the number of devices."
+        )
+    return device_mesh["data_parallel"]
+
+
+def wrap_for_fsdp1(strategy: Any, reference: nn.Module | None) -> nn.Module | None:
+    """Under ``FSDPStrategy`` (FSDP1) wrap the reference in its own unit with the strategy's settings.
+
+    ``configure_model`` runs inside the strategy's ``enable_wrap`` context; the policy is wrapped by the strategy.
+    """
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    if isinstance(strategy, FSDPStrategy) and reference is not None:
         from torch.distributed.fsdp.wrap import wrap
 
-        reference = wrap(reference)
+        return wrap(reference)
     return reference

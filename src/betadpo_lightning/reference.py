@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from betadpo_lightning.models import freeze, frozen_copy
+from betadpo_lightning.models import freeze
+from betadpo_lightning.quantization import QUANTIZATIONS, Quantization
 
 __all__ = [
     "REFERENCE_BATCH_KEYS",
@@ -63,12 +64,16 @@ class ReferenceProvider:
     has_model: bool = False
     provides: frozenset[str] = frozenset()
 
-    def build(self, policy: nn.Module, load: Callable[[str], nn.Module]) -> nn.Module | None:
+    def build(
+        self, policy: nn.Module, load: Callable[..., nn.Module], copy: Callable[[nn.Module], nn.Module]
+    ) -> nn.Module | None:
         """Build a separate reference model, or return ``None`` when there is none.
 
         Args:
-            policy: the freshly built policy (before any training step).
-            load: loads a causal LM by hub name or directory with the module's dtype and attention settings.
+            policy: the freshly built policy (before any training step; already sharded under FSDP2).
+            load: loads a causal LM by hub name or directory with the module's dtype and attention settings
+                (keyword ``quantization``: ``"4bit"``/``"8bit"``).
+            copy: a frozen copy of a model, as the strategy needs it (under FSDP2 a copy built sharded).
 
         Returns:
             A frozen model for the module to register, or ``None``.
@@ -85,7 +90,7 @@ class ReferenceProvider:
         raise NotImplementedError(f"{type(self).__name__} runs no reference model.")
         yield policy  # pragma: no cover
 
-    def prepare(self, module: Any, trainer: Any, entropy: bool, load: Callable[[str], nn.Module]) -> None:
+    def prepare(self, module: Any, trainer: Any, entropy: bool, load: Callable[..., nn.Module]) -> None:
         """Work before training that needs the Trainer and the data (nothing by default).
 
         Args:
@@ -140,18 +145,36 @@ class FrozenReference(ReferenceProvider):
     Args:
         name_or_path: hub name or local directory of the reference; ``None`` copies the policy as built, before
             any training step (for a randomly initialised ``model_config`` policy that copy depends on the seed).
+        quantization: hold the reference in ``"4bit"`` or ``"8bit"`` (bitsandbytes; the output layer stays
+            unquantised): it is then loaded from ``name_or_path``, or from the policy's own checkpoint.
     """
 
     has_model = True
     provides = frozenset({"reference_entropy"})
 
-    def __init__(self, name_or_path: str | None = None) -> None:
-        self.name_or_path = name_or_path
+    def __init__(self, name_or_path: str | None = None, quantization: Quantization | None = None) -> None:
+        if quantization is not None and quantization not in QUANTIZATIONS:
+            raise ValueError(f"Expected `quantization` in {QUANTIZATIONS} or None, got {quantization!r}.")
+        self.name_or_path, self.quantization = name_or_path, quantization
 
-    def build(self, policy: nn.Module, load: Callable[[str], nn.Module]) -> nn.Module:
-        """A frozen deep copy of ``policy``, or the frozen model at ``name_or_path``."""
+    def build(
+        self, policy: nn.Module, load: Callable[..., nn.Module], copy: Callable[[nn.Module], nn.Module]
+    ) -> nn.Module:
+        """A frozen copy of ``policy``, or the frozen model at ``name_or_path`` (quantised if asked).
+
+        Raises:
+            ValueError: for a quantised copy of a policy that was not loaded from a checkpoint.
+        """
+        if self.quantization is not None:
+            source = self.name_or_path or getattr(getattr(policy, "config", None), "_name_or_path", "")
+            if not source:
+                raise ValueError(
+                    "A quantised FrozenReference is loaded from a checkpoint: set its `name_or_path`, or load the "
+                    "policy from one (`model_name_or_path`)."
+                )
+            return freeze(load(source, quantization=self.quantization))
         if self.name_or_path is None:
-            return frozen_copy(policy)
+            return copy(policy)
         return freeze(load(self.name_or_path))
 
     @contextlib.contextmanager
@@ -171,7 +194,7 @@ class AdapterReference(ReferenceProvider):
     has_model = True
     provides = frozenset({"reference_entropy"})
 
-    def build(self, policy: nn.Module, load: Callable[[str], nn.Module]) -> None:
+    def build(self, policy: nn.Module, load: Callable[..., nn.Module], copy: Callable[[nn.Module], nn.Module]) -> None:
         """Check that the policy has adapters to disable; there is no separate model.
 
         Raises:
@@ -214,7 +237,7 @@ class PrecomputedReference(ReferenceProvider):
             raise ValueError(f"Expected `batch_size` >= 1, got {batch_size}.")
         self.name_or_path, self.cache_dir, self.batch_size = name_or_path, cache_dir, int(batch_size)
 
-    def prepare(self, module: Any, trainer: Any, entropy: bool, load: Callable[[str], nn.Module]) -> None:
+    def prepare(self, module: Any, trainer: Any, entropy: bool, load: Callable[..., nn.Module]) -> None:
         """Compute or read the cache and attach it to the datamodule (see :mod:`~betadpo_lightning.reference_cache`)."""
         from betadpo_lightning.reference_cache import prepare_reference_cache
 
