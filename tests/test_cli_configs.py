@@ -135,3 +135,15 @@ def test_print_config_shows_the_resolved_values(capsys):
     assert "class_path: betadpo_lightning.controllers.BetaDPOController" in out
     assert "class_path: betadpo_lightning.schedulers.LinearWarmup" in out
     assert "model_type: llama" in out
+
+
+@pytest.mark.parametrize("optimizer", ["bitsandbytes.optim.AdamW8bit", "bitsandbytes.optim.PagedAdamW"])
+def test_bitsandbytes_optimizers_are_selectable_in_yaml(optimizer):
+    import importlib
+
+    cli = _cli(["--config", str(QUICKSTART), *ON_CPU, f"--model.optimizer={optimizer}", "--model.optimizer.lr=1e-3"])
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    built = cli.model.optimizer_factory(params)
+    module_name, name = optimizer.rsplit(".", 1)
+    assert isinstance(built, getattr(importlib.import_module(module_name), name))
+    assert built.param_groups[0]["lr"] == 1e-3

@@ -189,13 +189,15 @@ class PreferenceDataModule(LightningDataModule):
         batch. The last, smaller batch is kept.
         """
         trainer = self.trainer  # None outside a Trainer run: one process
+        # The data-parallel replicas (under model parallelism not every rank is one): the strategy knows them.
+        replicas = getattr(trainer.strategy, "distributed_sampler_kwargs", None) if trainer is not None else None
         return resumable_train_loader(
             self._split("train"),  # type: ignore[arg-type]
             batch_size=self.batch_size,
             collate_fn=self._collate(),
             seed=self.seed,
-            num_replicas=trainer.world_size if trainer is not None else 1,
-            rank=trainer.global_rank if trainer is not None else 0,
+            num_replicas=replicas["num_replicas"] if replicas else 1,
+            rank=replicas["rank"] if replicas else 0,
             num_workers=self.num_workers,
         )
 
