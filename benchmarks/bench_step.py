@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--peak-tflops", type=float, default=989.4, help="the GPU's dense bf16 peak, for MFU")
     parser.add_argument("--out", help="write the raw results (JSON) here")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -343,23 +344,42 @@ def launch(args: argparse.Namespace, variant: str, argv: list[str]) -> dict | No
     return json.loads(results[-1][len("RESULT ") :]) if results else {}
 
 
+# Model FLOPs per token, in units of N (the parameters that multiply: all but the input embedding):
+# training a model costs 6N per token (forward 2N, backward 4N), a forward pass alone 2N; LoRA trains no base
+# weight, so its backward costs 2N (activation gradients only).
+FLOPS_PER_TOKEN = {"ours": 8, "floor": 8, "trl": 8, "ours_precomputed": 6, "ours_lora": 6}
+
+
+def matmul_parameters(args: argparse.Namespace) -> int:
+    """N: the parameters of the Llama-style model that take part in matrix products."""
+    h, i, layers, v = args.hidden, args.intermediate, args.layers, args.vocab
+    return layers * (4 * h * h + 3 * h * i) + v * h
+
+
 def table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> str:
     medians = {v: statistics.median(statistics.median(r["times"]) for r in rs) for v, rs in runs.items() if rs}
     peaks = {v: max(r["peak_gb"] for r in rs) for v, rs in runs.items() if rs}
-    memory = "peak CUDA allocation" if args.device == "cuda" else "peak RSS"
+    gpu = args.device == "cuda"
+    memory = "peak CUDA allocation" if gpu else "peak RSS"
+    tokens = args.pairs * 2 * (args.prompt + args.response)  # (2B, T) positions per step
+    header = f"| variant | s/step | pairs/s | {memory} (GB) | throughput vs TRL | memory vs TRL | step time vs floor |"
     lines = [
-        f"| variant | s/step | pairs/s | {memory} (GB) | throughput vs TRL | memory vs TRL | step time vs floor |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        header + (" tokens/s | MFU |" if gpu else ""),
+        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else ""),
     ]
     for variant, seconds in medians.items():
         trl, floor = medians.get("trl"), medians.get("floor")
         speed = f"{trl / seconds:.2f}×" if trl else "–"
         mem = f"{peaks[variant] / peaks['trl']:.2f}×" if "trl" in peaks else "–"
         vs_floor = f"{seconds / floor:.2f}×" if floor else "–"
-        lines.append(
+        line = (
             f"| {VARIANTS[variant]} | {seconds:.3f} | {args.pairs / seconds:.2f} | {peaks[variant]:.2f} | {speed} | "
             f"{mem} | {vs_floor} |"
         )
+        if gpu:
+            flops = FLOPS_PER_TOKEN[variant] * matmul_parameters(args) * tokens / seconds
+            line += f" {tokens / seconds:,.0f} | {100 * flops / (args.peak_tflops * 1e12):.1f}% |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -390,12 +410,19 @@ def main(argv: list[str] | None = None) -> None:
                 result = launch(args, variant, passthrough)
                 if result:
                     runs[variant].append(result)
-                    print(f"round {round_index + 1} {variant}: {statistics.median(result['times']):.3f} s/step, "
-                          f"{result['peak_gb']:.2f} GB", file=sys.stderr, flush=True)
-    size = (f"Llama hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, {args.heads} heads, "
-            f"vocabulary {args.vocab}; {args.pairs} pairs of {args.prompt} prompt + {args.response} response tokens; "
-            f"{args.dtype} on {args.device}" + (f", {args.threads} threads" if args.device == "cpu" else "")
-            + f"; median of {args.rounds} interleaved rounds of {args.steps} steps after {args.warmup} warm-up steps")
+                    print(
+                        f"round {round_index + 1} {variant}: {statistics.median(result['times']):.3f} s/step, "
+                        f"{result['peak_gb']:.2f} GB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    size = (
+        f"Llama hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, {args.heads} heads, "
+        f"vocabulary {args.vocab}; {args.pairs} pairs of {args.prompt} prompt + {args.response} response tokens; "
+        f"{args.dtype} on {args.device}"
+        + (f", {args.threads} threads" if args.device == "cpu" else "")
+        + f"; median of {args.rounds} interleaved rounds of {args.steps} steps after {args.warmup} warm-up steps"
+    )
     print(f"\n{size}\n\n{table(args, runs)}")
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "runs": runs}, indent=1))
