@@ -383,6 +383,19 @@ def table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def child_arguments(argv: list[str]) -> list[str]:
+    """The command line without ``--out`` (the children print their results instead)."""
+    passthrough, skip = [], False
+    for item in argv:
+        if skip or item.startswith("--out="):
+            skip = False
+            continue
+        skip = item == "--out"
+        if not skip:
+            passthrough.append(item)
+    return passthrough
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.child:
@@ -398,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
         except ImportError:
             print("TRL is not installed (pip install -e '.[bench]'): skipping its variant.", file=sys.stderr)
             variants.remove("trl")
-    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--out")]
+    passthrough = child_arguments(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as workdir:
         args.workdir = workdir
         build_model_dir(args, Path(workdir) / "model")
