@@ -45,6 +45,11 @@ def test_fsdp2_matches_ddp(tmp_path):
     assert fsdp2["losses"] == pytest.approx(ddp["losses"], rel=1e-5, abs=1e-6)
     assert fsdp2["betas"] == pytest.approx(ddp["betas"], rel=1e-5)
     assert len(set(ddp["betas"])) > 1  # β moved
+    # Under FSDP2 the frozen copy is built sharded: each rank holds about half of it; under DDP a whole copy.
+    assert fsdp2["reference_sharded"]
+    assert fsdp2["reference_local_fraction"] < 0.6
+    assert not ddp["reference_sharded"]
+    assert ddp["reference_local_fraction"] == 1.0
 
 
 def _launch(tmp_path: Path, name: str, *args: str) -> dict:

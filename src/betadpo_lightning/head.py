@@ -103,7 +103,11 @@ class _LinearLogSoftmax(torch.autograd.Function):
                     grad_h[start:end] = (g * (w[t] - probs @ w).to(g.dtype)).to(hidden.dtype)
                 if grad_w is not None:
                     scaled = (hidden[start:end].to(g.dtype) * g).to(dtype)  # (c, H): g·h
-                    grad_w.sub_((probs.T @ scaled).to(weight.dtype)).index_add_(0, t, scaled.to(weight.dtype))
+                    if grad_w.dtype == dtype:  # accumulate in place: no (V, H) temporary per chunk
+                        grad_w.addmm_(probs.T, scaled, alpha=-1.0)
+                    else:
+                        grad_w.sub_((probs.T @ scaled).to(weight.dtype))
+                    grad_w.index_add_(0, t, scaled.to(weight.dtype))
                 if grad_b is not None:
                     grad_b.sub_((g.T.to(dtype) @ probs).squeeze(0).to(bias.dtype))
                     grad_b.index_add_(0, t, g.squeeze(1).to(bias.dtype))

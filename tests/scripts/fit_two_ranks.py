@@ -43,8 +43,13 @@ def main(kind: str, out: str) -> None:
         log_every_n_steps=1,
     )
     trainer.fit(module, datamodule=RandomPairsData(size=16, batch_size=3))
+    reference = list(module.reference_model.parameters())
+    sharded = all(type(p).__name__ == "DTensor" for p in reference)
+    local = sum(p.to_local().numel() if sharded else p.numel() for p in reference)
     if trainer.global_rank == 0:
         result = {
+            "reference_sharded": sharded,
+            "reference_local_fraction": local / sum(p.numel() for p in reference),
             "losses": recorder.losses,
             "betas": recorder.betas,
             "checked": trainer.callback_metrics["checked_steps"].item(),
