@@ -12,7 +12,7 @@ import yaml
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.cli import main
-from betadpo_lightning.controllers import BetaDPOController, ConstantBetaController
+from betadpo_lightning.controllers import BetaDPOController, ConstantBetaController, EpsilonBetaController
 from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.module import PreferenceModule
 
@@ -49,7 +49,7 @@ def test_config_parses_and_instantiates(path, tiny_model_dir):
     assert isinstance(model, PreferenceModule)
     assert isinstance(data, PreferenceDataModule)
     (callback,) = _beta_callbacks(cli.trainer)  # the `dynamic_beta:` section is a Trainer callback
-    assert isinstance(callback.controller, BetaDPOController | ConstantBetaController)
+    assert isinstance(callback.controller, BetaDPOController | ConstantBetaController | EpsilonBetaController)
     assert callback.controller.beta == model.beta  # β0 written once, linked
     assert data.tokenizer_name == model.hparams.model_name_or_path  # the model's own tokenizer by default
     assert cli.config["trainer"]["max_steps"] > 0 or cli.config["trainer"]["max_epochs"]

@@ -12,6 +12,7 @@ import torch
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.controllers import BetaDPOController
 from betadpo_lightning.module import PreferenceModule
+from betadpo_lightning.types import PairData
 from helpers.ddp_checks import AccuracyCheck, CrossRankCheck
 from helpers.protocol_module import PairScorer
 from helpers.tiny import TINY_LLAMA, RandomPairsData
@@ -58,3 +59,38 @@ def test_preference_module_under_ddp(tmp_path):
     trainer.fit(module, datamodule=RandomPairsData(size=16, batch_size=3))
     assert trainer.callback_metrics["checked_steps"].item() == 3
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
+
+
+class _Report(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # the last value is kept
+        pl_module.log("eps_beta", torch.tensor(pl_module.beta_provider.controller.current_beta), batch_size=1)
+        pl_module.log("eps_checked", float(pl_module.checked_steps), batch_size=1)
+
+
+def test_epsilon_dpo_two_ranks_equal_the_single_process_mean(tmp_path):
+    """Uneven ranks (3 and 5 pairs), 2 micro-batches per optimizer step: on every rank and micro-batch the per-pair
+    β equals a single ε-DPO controller fed the 8 concatenated pairs, and β after each optimizer step is updated with
+    the mean sign over all micro-batches and ranks (asserted inside the workers)."""
+    from betadpo_lightning.controllers import EpsilonBetaController
+    from helpers.protocol_module import PerturbedScorer
+
+    module = PerturbedScorer(sizes=(3, 5), epsilon=0.2, accumulate=2)
+    trainer = _ddp_trainer(
+        tmp_path,
+        3,
+        [DynamicBetaCallback(EpsilonBetaController(beta=0.2, epsilon=0.2)), _Report()],
+        limit_val_batches=0,
+        accumulate_grad_batches=2,
+    )
+    trainer.fit(module)
+    assert trainer.callback_metrics["eps_checked"].item() == 6
+    beta = trainer.callback_metrics["eps_beta"].item()
+    single = PerturbedScorer(sizes=(3, 5))
+    controller = single.epsilon_mirror
+    for batch_idx in range(6):  # the same global batches in one process
+        everyone = PairData.cat([single.perturbed(batch_idx, r, single.w.weight).detach() for r in range(2)])
+        controller.step(torch.zeros(8), everyone)
+        if batch_idx % 2 == 1:
+            controller.on_optimizer_step()
+    assert beta == pytest.approx(controller.current_beta, rel=1e-6)
+    assert beta != 0.2

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import functools
-import os
 import warnings
-from collections.abc import Callable, Mapping
-from contextlib import nullcontext
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -20,33 +16,26 @@ from typing_extensions import override
 
 from betadpo_lightning.callbacks.protocol import BetaProvider, static_decision
 from betadpo_lightning.callbacks.reporting import PreferenceReporter
-from betadpo_lightning.checkpointing import ReferenceCheckpointing, policy_only
 from betadpo_lightning.checks import check_batch, check_finite
-from betadpo_lightning.losses import PAIR_LOSSES, pair_margins
+from betadpo_lightning.losses import PAIR_LOSSES, mallows_weight, pair_margins
+from betadpo_lightning.model_building import PolicyAndReference
 from betadpo_lightning.models import (
     DType,
     LoraOptions,
-    apply_lora,
-    build_causal_lm,
-    disable_dropout,
-    enable_activation_checkpointing,
-    frozen_copy,
-    tokenizer_config_defaults,
 )
-from betadpo_lightning.parallel import data_parallel_mesh, fully_shard_causal_lm, sharded_frozen_copy, wrap_for_fsdp1
-from betadpo_lightning.quantization import Quantization, prepare_quantized_policy
-from betadpo_lightning.reference import FrozenReference, ReferenceProvider
+from betadpo_lightning.pair_forward import ModelPair, PairForward
+from betadpo_lightning.quantization import Quantization
+from betadpo_lightning.reference import FrozenReference, NoReference, ReferenceProvider
 from betadpo_lightning.schedulers import LinearWarmup
-from betadpo_lightning.scoring import head_unsupported_reason, perturbed_rows, score_rows
-from betadpo_lightning.types import PairData
+from betadpo_lightning.types import PairData, check_extras
 
 __all__ = ["PreferenceModule"]
 
-LossType = Literal["sigmoid", "robust", "ipo", "hinge"]
+LossType = Literal["sigmoid", "robust", "ipo", "hinge", "mallows_theta", "mallows_theta_ipo", "mallows_phi"]
 HeadOption = Literal["auto", "full"]
 
 
-class PreferenceModule(ReferenceCheckpointing):
+class PreferenceModule(PolicyAndReference):
     """A trainable policy and a reference, one concatenated forward over the ``(2B, T)`` batch per model.
 
     The reference comes from a :mod:`~betadpo_lightning.reference` provider: a frozen copy (default), the policy
@@ -69,9 +58,16 @@ class PreferenceModule(ReferenceCheckpointing):
             initialised model (tests, the quickstart); ``vocab_size`` and special token ids default to the
             datamodule's tokenizer, and the resolved values are saved in the hyperparameters.
         reference: where reference log-probs come from (``None``: a frozen copy of the initial policy).
-        loss_type: ``sigmoid`` (DPO / cDPO), ``robust``, ``ipo`` or ``hinge``.
+        loss_type: ``sigmoid`` (DPO / cDPO), ``robust``, ``ipo``, ``hinge``, or MallowsPO: ``mallows_theta``,
+            ``mallows_theta_ipo`` (IPO style) and ``mallows_phi`` (:mod:`betadpo_lightning.losses.mallows`), which
+            read the reference's entropy.
         beta: β of the loss (with a dynamic-β callback its controller's β0 is used, and should equal this).
-        label_smoothing: ε of cDPO (``sigmoid``) or robust DPO; must be 0 for ``ipo`` and ``hinge``.
+        label_smoothing: ε of cDPO (``sigmoid``, ``mallows_theta``, ``mallows_phi``) or robust DPO; must be 0 for
+            ``ipo``, ``mallows_theta_ipo`` and ``hinge``.
+        reference_free: margins ``pc − pr`` without the reference log-probabilities (the reference still supplies
+            MallowsPO's entropy; the released MallowsPO runs train so).
+        home_advantage: γ, subtracted from every margin before the loss (MallowsPO's home advantage).
+        dispersion_scale: c of MallowsPO's weight ``w(x) = −c·log Ĥ(x)``.
         average_logps: use length-averaged log-probs; ``None`` picks the loss's convention (IPO: yes, others: no).
         dtype: dtype the models are loaded in (``None``: float32; use ``precision`` for mixed precision).
         attn_implementation: ``transformers`` attention kernel (``sdpa``, ``eager``, ``flash_attention_2``).
@@ -100,6 +96,9 @@ class PreferenceModule(ReferenceCheckpointing):
         loss_type: LossType = "sigmoid",
         beta: float = 0.1,
         label_smoothing: float = 0.0,
+        reference_free: bool = False,
+        home_advantage: float = 0.0,
+        dispersion_scale: float = 0.29,
         average_logps: bool | None = None,
         dtype: DType | None = None,
         attn_implementation: str | None = None,
@@ -128,126 +127,39 @@ class PreferenceModule(ReferenceCheckpointing):
         if head not in ("auto", "full"):
             raise ValueError(f"Expected `head` in ('auto', 'full'), got {head!r}.")
         self._loss = PAIR_LOSSES[loss_type]
-        self._loss.fn(torch.zeros(1), beta, label_smoothing)  # validates label_smoothing for this loss now
+        self._loss.fn(torch.zeros(1), beta, label_smoothing, torch.ones(1))  # validates label_smoothing now
         if isinstance(reference, Mapping):  # from a checkpoint's hparams (plain data)
             reference = ReferenceProvider.from_config(reference)
         self.reference_provider = reference if reference is not None else FrozenReference()
         self.save_hyperparameters(ignore=["optimizer", "scheduler", "reference"])
         self.hparams["reference"] = self.reference_provider.config()  # plain data: checkpoints load weights-only
         self.beta, self.label_smoothing = float(beta), float(label_smoothing)
+        self.loss_type, self.home_advantage, self.dispersion_scale = loss_type, float(home_advantage), dispersion_scale
+        if not dispersion_scale > 0:
+            raise ValueError(f"Expected `dispersion_scale` > 0, got {dispersion_scale}.")
+        check_extras(self._loss.requires, self.pair_extras, f"loss_type={loss_type!r}", repr(self.reference_provider))
         self.average_logps = self._loss.average_logps if average_logps is None else average_logps
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.check_finite = check_finite
-        self.policy: nn.Module | None = None
-        self.reference_model: nn.Module | None = None
+        self._init_models()
         self.beta_provider: BetaProvider | None = None
         self.reporter = PreferenceReporter()
-        self._reference_origin: dict[str, Any] = {}
-        self._reference_built = False
-        self._head_support: dict[int, bool] = {}
-        self._base_keys: frozenset[str] = frozenset()
+        self._pair_forward = PairForward(head)
 
     @property
     def pair_extras(self) -> frozenset[str]:
-        """Extra groups this module can put into its pairs: token counts, and what the reference provider offers."""
-        return frozenset({"lengths"}) | self.reference_provider.provides
+        """Extra groups this module can put into its pairs.
+
+        Token counts, what the reference provider offers, and ε-perturbed log-probs when a reference model runs
+        (they need its logits).
+        """
+        perturbed = {"perturbed_logps"} if self.reference_provider.has_model else set()
+        return frozenset({"lengths"}) | self.reference_provider.provides | perturbed
 
     @property
-    def reference(self) -> nn.Module | None:
-        """The separate reference model, or ``None`` for providers without one."""
-        if self.policy is None:
-            raise RuntimeError("The models do not exist yet: `configure_model()` has not run.")
-        if not self._reference_built:
-            self._build_reference()
-        return self.reference_model
-
-    # ------------------------------------------------------------------ models
-    @override
-    def configure_model(self) -> None:
-        """Build the policy and the reference (the reference not in :meth:`load_from_checkpoint`).
-
-        Idempotent, as Lightning may call it more than once.
-        """
-        if self.policy is None:
-            self.policy = self._build_policy()
-            self._base_keys = self._unsaved_policy_keys()
-        if not self._reference_built and not policy_only():
-            self._build_and_shard_reference()
-
-    def _build_policy(self) -> nn.Module:
-        hp = self.hparams
-        config = hp.model_config
-        if config is not None:
-            config = self.hparams["model_config"] = {**self._tokenizer_defaults(), **config}
-        policy = build_causal_lm(hp.model_name_or_path, config, quantization=hp.quantization, **self._load_kwargs())
-        if hp.quantization is not None:
-            policy = prepare_quantized_policy(policy, gradient_checkpointing=False)
-        if hp.lora is not None:
-            policy = apply_lora(policy, hp.lora)
-        if not hp.dropout:
-            disable_dropout(policy)
-        if hp.gradient_checkpointing:
-            enable_activation_checkpointing(policy)
-        return policy.train()
-
-    def _build_and_shard_reference(self) -> None:
-        hp = self.hparams
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        mesh = data_parallel_mesh(strategy, self.device_mesh) if strategy is not None else None
-        if mesh is not None:  # shard the policy first: a copy of it is then built sharded, never in full
-            fully_shard_causal_lm(self.policy, mesh)
-        copy = frozen_copy if mesh is None or hp.lora is not None else functools.partial(sharded_frozen_copy, mesh=mesh)
-        self._build_reference(copy)
-        if self._trainer is not None:
-            entropy = "reference_entropy" in self._wanted_extras()
-            self.reference_provider.prepare(self, self._trainer, entropy, self._loader())
-        if mesh is not None and self.reference_model is not None and not _is_sharded(self.reference_model):
-            fully_shard_causal_lm(self.reference_model, mesh)
-        self.reference_model = wrap_for_fsdp1(strategy, self.reference_model)
-
-    def _load_kwargs(self) -> dict[str, Any]:
-        hp = self.hparams
-        return {
-            "dtype": hp.dtype,
-            "attn_implementation": hp.attn_implementation,
-            "trust_remote_code": hp.trust_remote_code,
-        }
-
-    def _loader(self) -> Callable[..., nn.Module]:
-        device = self._trainer.strategy.root_device if self._trainer is not None else None
-        return functools.partial(build_causal_lm, device=device, **self._load_kwargs())
-
-    def _unsaved_policy_keys(self) -> frozenset[str]:
-        """Frozen base weights of a LoRA policy loaded from a checkpoint: rebuilt from it, never saved."""
-        if self.hparams.lora is None or self.hparams.model_name_or_path is None or self.policy is None:
-            return frozenset()
-        return frozenset(f"policy.{name}" for name, p in self.policy.named_parameters() if not p.requires_grad)
-
-    def _build_reference(self, copy: Callable[[nn.Module], nn.Module] = frozen_copy) -> None:
-        assert self.policy is not None
-        reference = self.reference_provider.build(self.policy, self._loader(), copy)
-        self._reference_built = True
-        self._reference_origin = {"provider": repr(self.reference_provider), "seed": os.environ.get("PL_GLOBAL_SEED")}
-        if reference is not None:
-            if not self.hparams.dropout:
-                disable_dropout(reference)
-            self.reference_model = reference.eval().requires_grad_(False)
-            total = sum(p.numel() for p in reference.parameters())
-            rank_zero_info(
-                f"PreferenceModule: {self.reference_provider!r} with {total:,} parameters (not checkpointed)."
-            )
-
-    def _tokenizer_defaults(self) -> dict[str, Any]:
-        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        tokenizer = getattr(datamodule, "tokenizer", None)
-        return tokenizer_config_defaults(tokenizer) if tokenizer is not None else {}
-
-    @override
-    def train(self, mode: bool = True) -> PreferenceModule:
-        super().train(mode)
-        if self.reference_model is not None:
-            self.reference_model.eval()  # never in train mode, whatever the caller asks of the module
-        return self
+    def reference_free(self) -> bool:
+        """Whether the margins ignore the reference log-probabilities (``reference_free``, or ``NoReference``)."""
+        return bool(self.hparams.reference_free) or isinstance(self.reference_provider, NoReference)
 
     @override
     def on_fit_start(self) -> None:
@@ -267,21 +179,12 @@ class PreferenceModule(ReferenceCheckpointing):
 
     # -------------------------------------------------------------------- step
     def _wanted_extras(self) -> frozenset[str]:
-        """The extra groups the β provider's controller requires."""
+        """The extra groups the loss and the β provider's controller require."""
         provider = self.beta_provider
-        return provider.required_extras if provider is not None else frozenset()
+        return self._loss.requires | (provider.required_extras if provider is not None else frozenset())
 
     def _use_head(self, *models: nn.Module) -> bool:
-        """Whether the response-only head serves all of ``models`` (the reason for the fallback is logged once)."""
-        if self.hparams.head == "full":
-            return False
-        for model in models:
-            if id(model) not in self._head_support:
-                reason = head_unsupported_reason(model)
-                self._head_support[id(model)] = reason is None
-                if reason is not None:
-                    rank_zero_info(f"PreferenceModule: full logits for {type(model).__name__}: {reason}.")
-        return all(self._head_support[id(model)] for model in models)
+        return self._pair_forward.use_head(*models)
 
     def forward_pairs(
         self, batch: dict[str, Tensor], extras: frozenset[str] = frozenset(), epsilon: float | None = None
@@ -298,40 +201,15 @@ class PreferenceModule(ReferenceCheckpointing):
             The pairs, ``(B,)`` fields.
         """
         assert self.policy is not None
-        labels = batch["labels"]
-        lengths = (labels[:, 1:] != -100).sum(-1).float()  # (2B,)
-        entropy, perturb = "reference_entropy" in extras, "perturbed_logps" in extras
-        provider = self.reference_provider
-        if perturb and (epsilon is None or not provider.has_model):
-            raise ValueError("Perturbed log-probs need an `epsilon` and a reference model (reference logits).")
-        average = self.average_logps
-        # Perturbed log-probs combine both models' logits chunk by chunk: both on the same path.
-        head = self._use_head(self.policy, *([self.reference or self.policy] if perturb else []))
-        policy = score_rows(self.policy, batch, head, average, keep=perturb)
-        with torch.no_grad(), provider.model(self.policy, self.reference) if provider.has_model else nullcontext() as m:
-            if m is not None:
-                ref = score_rows(m, batch, head if perturb else self._use_head(m), average, entropy, keep=perturb)
-                reference, ref_entropy = ref.logps, ref.entropy
-            else:
-                reference, ref_entropy = provider.rows(batch, entropy)
-                reference = reference / lengths.clamp(min=1) if average else reference  # precomputed: sums
-            perturbed = perturbed_rows(policy, ref, labels, epsilon) if perturb else None  # type: ignore[arg-type]
-        if perturbed is not None and average:
-            perturbed = (perturbed[0] / lengths.clamp(min=1), perturbed[1] / lengths.clamp(min=1))
-        return PairData.from_rows(
-            policy.logps,
-            reference.to(policy.logps.dtype),
-            perturbed,
-            lengths=lengths,
-            reference_entropy=ref_entropy,
-            pair_index=batch.get("pair_index"),
-        )
+        models = ModelPair(self.policy, self.reference, self.reference_provider)
+        return self._pair_forward(models, batch, self.average_logps, extras, epsilon)
 
     def _step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         check_batch(batch)
         provider = self.beta_provider
-        pairs = self.forward_pairs(batch, self._wanted_extras())
-        margins = pair_margins(pairs)  # (B,)
+        settings = getattr(provider, "pair_settings", {}) if provider is not None else {}
+        pairs = self.forward_pairs(batch, self._wanted_extras(), settings.get("epsilon"))
+        margins = pair_margins(pairs, self.reference_free)  # (B,)
         if self.check_finite:
             check_finite(margins, batch["labels"], self.global_step)
         if provider is not None:
@@ -339,7 +217,13 @@ class PreferenceModule(ReferenceCheckpointing):
         else:
             decision = static_decision(pairs, self.beta)
             self.reporter.update_pairs(stage, pairs, self.beta)
-        loss = decision.reduce(self._loss.fn(margins, decision.beta, self.label_smoothing))
+        weight = None
+        if "reference_entropy" in self._loss.requires:  # MallowsPO's dispersion weight, from the reference
+            weight = mallows_weight(
+                pairs.reference_chosen_entropy, pairs.reference_rejected_entropy, self.dispersion_scale
+            )
+        per_pair = self._loss.fn(margins - self.home_advantage, decision.beta, self.label_smoothing, weight)
+        loss = decision.reduce(per_pair)
         if self.check_finite and not bool(torch.isfinite(loss)):
             raise FloatingPointError(f"The {stage} loss is {loss.item()} at global step {self.global_step}.")
         if stage == "train":
@@ -391,7 +275,3 @@ class PreferenceModule(ReferenceCheckpointing):
         else:
             scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def _is_sharded(model: nn.Module) -> bool:
-    return type(model).__name__.startswith("FSDP")

@@ -102,3 +102,53 @@ class PairScorer(pl.LightningModule):
 
     def val_dataloader(self):
         return DataLoader(TensorDataset(torch.zeros(4, 1)), batch_size=1)
+
+
+class PerturbedScorer(PairScorer):
+    """A PairScorer whose pairs also carry ε-DPO's perturbed log-probs (fixed offsets of the policy's), and a mirror
+    ε-DPO controller fed the concatenation of every rank's pairs, checked against the callback at every step."""
+
+    pair_extras = frozenset({"perturbed_logps"})
+
+    def __init__(self, sizes=(3, 5), epsilon: float = 0.2, accumulate: int = 2) -> None:
+        super().__init__(sizes=sizes)
+        from betadpo_lightning.controllers import EpsilonBetaController
+
+        self.epsilon_mirror = EpsilonBetaController(beta=0.2, epsilon=epsilon)
+        self.accumulate = accumulate
+        self.micro = 0
+
+    def perturbed(self, batch_idx: int, rank: int, weight: Tensor) -> PairData:
+        _, pc, pr, rc, rr = self.margins(weight, batch_idx, rank)
+        g = torch.Generator().manual_seed(7919 * batch_idx + rank)
+        offsets = torch.randn(4, pc.shape[0], generator=g)
+        return PairData(
+            pc,
+            pr,
+            rc,
+            rr,
+            plus_chosen_logps=pc + offsets[0],
+            plus_rejected_logps=pr + offsets[1],
+            minus_chosen_logps=pc + offsets[2],
+            minus_rejected_logps=pr + offsets[3],
+        )
+
+    def training_step(self, batch, batch_idx):
+        pairs = self.perturbed(batch_idx, self.global_rank, self.w.weight)
+        decision = self.beta_provider.decide(pairs.detach())
+        everyone = PairData.cat([self.perturbed(batch_idx, r, self.w.weight).detach() for r in range(len(self.sizes))])
+        expected = self.epsilon_mirror.step(torch.zeros(len(everyone)), everyone)
+        offset = sum(self.sizes[: self.global_rank])
+        assert torch.equal(decision.beta, expected.beta[offset : offset + len(pairs)]), (decision.beta, expected.beta)
+        self.micro += 1
+        if self.micro % self.accumulate == 0:
+            self.epsilon_mirror.on_optimizer_step()
+        self.checked_steps += 1
+        return decision.reduce(-F.logsigmoid(decision.beta * pair_margins(pairs)))
+
+    def on_after_backward(self) -> None:
+        pass  # the checks happen in training_step
+
+    def on_train_end(self) -> None:
+        # The same float64 recursion on both sides: exact equality.
+        assert self.beta_provider.controller.current_beta == self.epsilon_mirror.current_beta

@@ -57,6 +57,12 @@ class DynamicBetaCallback(Callback):
         """The extra groups the controller reads, which the module must put into its pairs."""
         return frozenset(getattr(self.controller, "requires", frozenset()))
 
+    @property
+    def pair_settings(self) -> dict[str, float]:
+        """Settings the module needs to compute the required extras (``epsilon`` of the perturbed log-probs)."""
+        epsilon = getattr(self.controller, "epsilon", None)
+        return {"epsilon": float(epsilon)} if epsilon is not None else {}
+
     # ------------------------------------------------------------------ wiring
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -71,6 +77,7 @@ class DynamicBetaCallback(Callback):
             check_extras(self.required_extras, getattr(pl_module, "pair_extras", frozenset()), controller, name)
         except (KeyError, ValueError) as error:
             raise MisconfigurationException(str(error)) from None
+        _check_composition(self.controller, pl_module)
         module_beta = getattr(pl_module, "beta", None)
         if isinstance(module_beta, float) and module_beta != self.controller.beta:
             rank_zero_warn(
@@ -163,3 +170,21 @@ class DynamicBetaCallback(Callback):
                 f"{type(self.controller).__name__}; resume with the same controller."
             )
         self.controller.load_state_dict(state_dict.get("controller", {}))
+
+
+def _check_composition(controller: Any, module: pl.LightningModule) -> None:
+    """Refuse a controller with a module setting it is meaningless for (optional module attributes)."""
+    name, module_name = type(controller).__name__, type(module).__name__
+    if getattr(controller, "reference_margins", False) and getattr(module, "reference_free", False):
+        raise MisconfigurationException(
+            f"{name} adapts β from margins relative to the reference ((pc − rc) − (pr − rr)), but {module_name} "
+            "trains with reference-free margins (pc − pr: raw log-probability differences of tens of nats), on "
+            "which its statistics and perturbations lose their meaning. Train with a reference, or use "
+            "ConstantBetaController."
+        )
+    supported, loss = getattr(controller, "supported_losses", None), getattr(module, "loss_type", None)
+    if supported is not None and loss is not None and loss not in supported:
+        raise MisconfigurationException(
+            f"{name} supports loss_type in {sorted(supported)}, not {loss!r}: its per-pair β perturbs the β of a "
+            "logistic preference link (the policy for β/(1 ± ε) is the ε-perturbed logits only for those losses)."
+        )

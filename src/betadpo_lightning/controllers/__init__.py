@@ -3,6 +3,7 @@
 from betadpo_lightning.controllers.base import SCOPES, BetaController, BetaStep, StatisticsScope
 from betadpo_lightning.controllers.beta_dpo import BetaDPOController
 from betadpo_lightning.controllers.constant import ConstantBetaController
+from betadpo_lightning.controllers.epsilon import EpsilonBetaController, perturbation_signs
 from betadpo_lightning.controllers.sampling import derive_seed, gumbel_topk_mask
 
 __all__ = [
@@ -11,7 +12,9 @@ __all__ = [
     "BetaDPOController",
     "BetaStep",
     "ConstantBetaController",
+    "EpsilonBetaController",
     "StatisticsScope",
     "derive_seed",
     "gumbel_topk_mask",
+    "perturbation_signs",
 ]

@@ -47,11 +47,17 @@ class BetaController(Protocol):
         scope: ``"micro_batch"``: statistics are updated with every micro-batch before use (as the papers do);
             ``"optimizer_step"``: once per optimizer step from all micro-batches of the step (every rank), so that
             a run with gradient accumulation updates them once per step.
+        reference_margins: whether the rule is only meaningful for margins relative to a reference (a module that
+            declares ``reference_free`` is then refused).
+        supported_losses: the ``loss_type`` names the rule is meaningful for (``None``: any); a module that declares
+            another ``loss_type`` is refused.
     """
 
     beta: float
     requires: frozenset[str]
     scope: StatisticsScope
+    reference_margins: bool
+    supported_losses: frozenset[str] | None
 
     def step(self, gaps: Tensor, pairs: PairData | None = None) -> BetaStep:
         """β and keep-mask of a training micro-batch; may update the state.

@@ -65,6 +65,8 @@ class BetaDPOController:
     """
 
     requires: frozenset[str] = frozenset()
+    reference_margins: bool = True
+    supported_losses: frozenset[str] | None = None
 
     def __init__(
         self,
@@ -126,7 +128,7 @@ class BetaDPOController:
             self._update(*_moments(g))
             m0, sigma = self._m0, self._sigma
         else:
-            self._pending += _sums(g).to(self._pending.device)
+            self._pending = self._pending + _sums(g).to(self._pending.device)  # a new tensor: never shared state
             m0, sigma = self._current_or_pending()
         keep = self._filter(g, m0, sigma)
         result = self._result(g, keep, m0, sigma)
@@ -139,7 +141,7 @@ class BetaDPOController:
             return
         mean, std = _pooled(self._pending)
         self._update(mean, std)
-        self._pending.zero_()
+        self._pending = torch.zeros_like(self._pending)
 
     def _prepare(self, gaps: Tensor) -> Tensor:
         if gaps.dim() != 1 or gaps.shape[0] == 0:

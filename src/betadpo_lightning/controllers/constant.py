@@ -26,6 +26,8 @@ class ConstantBetaController:
 
     requires: frozenset[str] = frozenset()
     scope: StatisticsScope = "micro_batch"
+    reference_margins: bool = False
+    supported_losses: frozenset[str] | None = None
 
     def __init__(self, beta: float = 0.1) -> None:
         if not beta > 0:

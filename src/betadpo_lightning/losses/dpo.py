@@ -23,9 +23,6 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,8 +32,7 @@ from betadpo_lightning.types import PairData
 Beta = float | Tensor
 
 __all__ = [
-    "PAIR_LOSSES",
-    "PairLoss",
+    "Beta",
     "dpo_loss",
     "dpo_margins",
     "hinge_loss",
@@ -241,14 +237,21 @@ def implicit_rewards(policy_logps: Tensor, reference_logps: Tensor, beta: Beta) 
     return _as_beta(beta, diff) * diff
 
 
-def pair_margins(pairs: PairData) -> Tensor:
+def pair_margins(pairs: PairData, reference_free: bool = False) -> Tensor:
     """DPO margins ``h = (pc − rc) − (pr − rr)`` of a :class:`~betadpo_lightning.types.PairData`, shape ``(B,)``.
+
+    Args:
+        pairs: the pairs.
+        reference_free: ``h = pc − pr``, ignoring the reference log-probabilities (the reference may still supply
+            other values, such as MallowsPO's entropy).
 
     Example:
         >>> pairs = PairData(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]))
-        >>> pair_margins(pairs)
-        tensor([2.])
+        >>> pair_margins(pairs), pair_margins(pairs, reference_free=True)
+        (tensor([2.]), tensor([2.]))
     """
+    if reference_free:
+        return _compute_dtype(pairs.policy_chosen_logps) - _compute_dtype(pairs.policy_rejected_logps)
     return dpo_margins(
         pairs.policy_chosen_logps,
         pairs.policy_rejected_logps,
@@ -270,30 +273,3 @@ def pair_rewards(pairs: PairData, beta: Beta) -> tuple[Tensor, Tensor]:
     chosen = implicit_rewards(pairs.policy_chosen_logps, pairs.reference_chosen_logps, beta)
     rejected = implicit_rewards(pairs.policy_rejected_logps, pairs.reference_rejected_logps, beta)
     return chosen, rejected
-
-
-MarginLoss = Callable[[Tensor, Beta, float], Tensor]
-
-
-@dataclass(frozen=True)
-class PairLoss:
-    """A per-pair loss of the margin, with what callers must know to feed it.
-
-    Attributes:
-        fn: ``fn(margins (B,), beta, label_smoothing) -> (B,)``.
-        average_logps: whether the margins must come from length-averaged log-probabilities (IPO).
-        uses_label_smoothing: whether ``label_smoothing`` means something to this loss.
-    """
-
-    fn: MarginLoss
-    average_logps: bool = False
-    uses_label_smoothing: bool = False
-
-
-PAIR_LOSSES: dict[str, PairLoss] = {
-    "sigmoid": PairLoss(sigmoid_loss, uses_label_smoothing=True),
-    "robust": PairLoss(robust_loss, uses_label_smoothing=True),
-    "ipo": PairLoss(ipo_loss, average_logps=True),
-    "hinge": PairLoss(hinge_loss),
-}
-"""Losses selectable by name (``loss_type`` in configs)."""
