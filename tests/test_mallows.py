@@ -180,3 +180,43 @@ def test_mallows_through_the_module_uses_the_reference_entropy(loss_type, refere
     fn = mallows_theta_loss if loss_type == "mallows_theta" else mallows_phi_loss
     want = fn((h - 0.1).detach().double(), 0.8, w.double()).mean()
     assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_beta_dpo_on_the_mallows_theta_loss(tmp_path):
+    """Composition: β-DPO's batch β_b and keep-mask on MallowsPO-θ's per-pair loss −log σ(β_b·w·h)."""
+    import lightning.pytorch as pl
+
+    from betadpo_lightning.callbacks import DynamicBetaCallback
+    from betadpo_lightning.controllers import BetaDPOController
+    from betadpo_lightning.module import PreferenceModule
+    from helpers.tiny import TINY_LLAMA, RandomPairs, resumable_loader
+    from helpers.trainers import quiet_trainer
+
+    pl.seed_everything(0)
+    module = PreferenceModule(
+        model_config=TINY_LLAMA, loss_type="mallows_theta", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2)
+    )
+    seen = []
+    callback = DynamicBetaCallback(BetaDPOController(rho=0.25))
+    decide = callback.decide
+
+    def recording(pairs):
+        decision = decide(pairs)
+        seen.append((pairs, decision))
+        return decision
+
+    callback.decide = recording
+    losses = []
+    module.training_step = lambda batch, batch_idx: losses.append(module._step(batch, "train")) or losses[-1]
+    quiet_trainer(tmp_path, 3, [callback]).fit(module, resumable_loader(RandomPairs(24), 8))
+    for (pairs, decision), output in zip(seen, losses, strict=True):
+        h = (
+            (pairs.policy_chosen_logps - pairs.reference_chosen_logps)
+            - (pairs.policy_rejected_logps - pairs.reference_rejected_logps)
+        ).double()
+        w = mallows_weight(pairs.reference_chosen_entropy, pairs.reference_rejected_entropy).double()
+        per_pair = mallows_theta_loss(h, decision.beta.double(), w)
+        want = (per_pair * decision.keep).sum() / decision.normalizer
+        assert output["loss"].item() == pytest.approx(want.item(), rel=1e-5)
+        assert decision.keep.sum().item() == 6  # ⌊8 · 0.75⌋
+    assert len({round(d.beta.item(), 8) for _, d in seen}) > 1  # β-DPO moved β

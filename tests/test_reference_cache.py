@@ -118,3 +118,27 @@ def test_two_ranks_compute_shares_and_read_the_whole_cache(tmp_path):
         a = torch.tensor(single.datamodule.splits["train"][column])
         b = torch.tensor(shared.datamodule.splits["train"][column])
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_the_cache_stores_the_entropy_mallowspo_needs(tmp_path):
+    """MallowsPO reads the reference's entropy: the precomputed cache holds it, and training on it gives the losses
+    of the live reference."""
+
+    def fit(directory, reference):
+        pl.seed_everything(0)
+        module = PreferenceModule(
+            model_config=CONFIG,
+            reference=reference,
+            loss_type="mallows_theta",
+            optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
+        )
+        recorder = Recorder()
+        trainer = quiet_trainer(directory, 3, [recorder], limit_val_batches=0)
+        trainer.fit(module, datamodule=_data(tmp_path))
+        return recorder, trainer
+
+    live, _ = fit(tmp_path / "live", FrozenReference())
+    cached, trainer = fit(tmp_path / "cached", PrecomputedReference(cache_dir=str(tmp_path / "c")))
+    assert json.loads((tmp_path / "c" / "meta.json").read_text())["entropy"] is True
+    assert set(COLUMNS) <= set(trainer.datamodule.splits["train"].column_names)
+    assert cached.losses == pytest.approx(live.losses, rel=1e-5, abs=1e-6)
