@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_batch", "check_finite", "reference_mismatch", "weights_fingerprint"]
+__all__ = ["check_batch", "check_weights_finite", "reference_mismatch", "weights_fingerprint"]
 
 
 def check_batch(batch: dict[str, Tensor]) -> None:
@@ -28,25 +28,30 @@ def check_batch(batch: dict[str, Tensor]) -> None:
         )
 
 
-def check_finite(margins: Tensor, labels: Tensor, step: int) -> None:
-    """Raise if a margin is NaN/inf or a row has no response token (one host synchronisation).
+def check_weights_finite(model: nn.Module | None, strategy: Any = None) -> None:
+    """Raise, on every rank together, if a weight of ``model`` is NaN or infinite (before a checkpoint is written).
 
     Args:
-        margins: the DPO margins, shape ``(B,)``.
-        labels: the batch labels, shape ``(2B, T)``.
-        step: the global step, for the message.
+        model: the policy (sharded or not).
+        strategy: the Trainer's strategy: its ``reduce`` (``"max"``) makes every rank agree; ``None``: this process.
 
     Raises:
-        FloatingPointError: naming the pairs and rows at fault.
+        FloatingPointError: naming the parameters at fault on this rank.
     """
-    has_response = (labels[:, 1:] != -100).any(dim=1)  # (2B,)
-    if bool(torch.isfinite(margins).all() & has_response.all()):
+    if model is None:
         return
-    empty = (~has_response).nonzero().flatten().tolist()
-    bad = (~torch.isfinite(margins)).nonzero().flatten().tolist()
-    raise FloatingPointError(
-        f"At global step {step}: pairs {bad} have non-finite margins and rows {empty} have no response token."
-    )
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(_local(p.detach())).all())]
+    flag = torch.tensor([float(bool(bad))], device=next(model.parameters()).device)
+    if strategy is not None:
+        flag = strategy.reduce(flag, reduce_op="max")
+    if float(flag.item()) > 0:
+        raise FloatingPointError(
+            f"Refusing to write a checkpoint with non-finite weights ({bad[:5] or 'on another rank'})."
+        )
+
+
+def _local(tensor: Tensor) -> Tensor:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def weights_fingerprint(model: nn.Module | None) -> Tensor | None:

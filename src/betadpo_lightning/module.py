@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -16,13 +16,14 @@ from typing_extensions import override
 
 from betadpo_lightning.callbacks.protocol import BetaProvider, static_decision
 from betadpo_lightning.callbacks.reporting import PreferenceReporter
-from betadpo_lightning.checks import check_batch, check_finite
+from betadpo_lightning.checks import check_batch, check_weights_finite
 from betadpo_lightning.losses import PAIR_LOSSES, mallows_weight, pair_margins
 from betadpo_lightning.model_building import PolicyAndReference
 from betadpo_lightning.models import (
     DType,
     LoraOptions,
 )
+from betadpo_lightning.nonfinite import NonFiniteGuard, NonFinitePolicy
 from betadpo_lightning.pair_forward import ModelPair, PairForward
 from betadpo_lightning.quantization import Quantization
 from betadpo_lightning.reference import FrozenReference, NoReference, ReferenceProvider
@@ -84,8 +85,11 @@ class PreferenceModule(PolicyAndReference):
         optimizer: optimizer factory over the policy's trainable parameters (``None``: AdamW, lr 1e-6, no decay).
         scheduler: LR scheduler factory, stepped every optimizer step (``None``: linear warmup over the first
             10% of the steps, then constant).
-        check_finite: raise as soon as a margin or the loss is NaN/inf, or a row has no response token (one
-            host synchronisation per step).
+        on_nonfinite: what a non-finite margin, loss or gradient does to its optimizer step: ``raise`` (naming the
+            global step, the pairs' dataset indices and the rank) or ``skip`` (no optimizer or scheduler step;
+            counted in ``train/skipped_steps``). Decided before every optimizer step by all ranks together
+            (:mod:`~betadpo_lightning.nonfinite`); a checkpoint is never written with non-finite weights.
+        max_skipped_steps: with ``skip``, how many skipped steps in a row stop training with an error.
     """
 
     def __init__(
@@ -110,7 +114,8 @@ class PreferenceModule(PolicyAndReference):
         head: HeadOption = "auto",
         optimizer: OptimizerCallable | None = None,
         scheduler: LRSchedulerCallable | None = None,
-        check_finite: bool = True,
+        on_nonfinite: NonFinitePolicy = "raise",
+        max_skipped_steps: int = 10,
     ) -> None:
         super().__init__()
         if loss_type not in PAIR_LOSSES:
@@ -140,7 +145,8 @@ class PreferenceModule(PolicyAndReference):
         check_extras(self._loss.requires, self.pair_extras, f"loss_type={loss_type!r}", repr(self.reference_provider))
         self.average_logps = self._loss.average_logps if average_logps is None else average_logps
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.check_finite = check_finite
+        self._guard = NonFiniteGuard(on_nonfinite, max_skipped_steps)
+        self.skipping_step = False
         self._init_models()
         self.beta_provider: BetaProvider | None = None
         self.reporter = PreferenceReporter()
@@ -210,8 +216,10 @@ class PreferenceModule(PolicyAndReference):
         settings = getattr(provider, "pair_settings", {}) if provider is not None else {}
         pairs = self.forward_pairs(batch, self._wanted_extras(), settings.get("epsilon"))
         margins = pair_margins(pairs, self.reference_free)  # (B,)
-        if self.check_finite:
-            check_finite(margins, batch["labels"], self.global_step)
+        has_response = (batch["labels"][:, 1:] != -100).any(-1)  # (2B,)
+        finite = torch.isfinite(margins) & has_response[: len(pairs)] & has_response[len(pairs) :]
+        if stage == "train":
+            self._guard.observe(finite, pairs.pair_index, "margin (or a row without response token)")
         if provider is not None:
             decision = provider.decide(pairs.detach())
         else:
@@ -224,9 +232,8 @@ class PreferenceModule(PolicyAndReference):
             )
         per_pair = self._loss.fn(margins - self.home_advantage, decision.beta, self.label_smoothing, weight)
         loss = decision.reduce(per_pair)
-        if self.check_finite and not bool(torch.isfinite(loss)):
-            raise FloatingPointError(f"The {stage} loss is {loss.item()} at global step {self.global_step}.")
         if stage == "train":
+            self._guard.observe(torch.isfinite(loss).reshape(1), None, "loss")
             self.reporter.update_scalars({"loss": loss})
         else:  # Lightning's epoch mean weighted by pairs: exact whatever the batching, one collective per run
             self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(pairs))
@@ -247,7 +254,8 @@ class PreferenceModule(PolicyAndReference):
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.reporter.log_train_if_due(self.trainer, self, prog_bar=("loss",), pairs=self.beta_provider is None)
+        if self.reporter.log_train_if_due(self.trainer, self, prog_bar=("loss",), pairs=self.beta_provider is None):
+            self.log("train/skipped_steps", float(self._guard.skipped), on_step=True, on_epoch=False, batch_size=1)
 
     @override
     def on_validation_start(self) -> None:
@@ -257,6 +265,27 @@ class PreferenceModule(PolicyAndReference):
     def on_validation_epoch_end(self) -> None:
         if self.beta_provider is None:
             self.reporter.log_validation(self.trainer, self)
+
+    # --------------------------------------------------------------- optimizer
+    @override
+    def optimizer_step(
+        self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Callable[[], Any] | None = None
+    ) -> None:
+        def guarded() -> Any:  # after the step's last backward, before hooks, clipping and the update
+            result = optimizer_closure() if optimizer_closure is not None else None
+            scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # fp16: the scaler skips overflow
+            params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+            self.skipping_step = self._guard.check_step(self.trainer.strategy, params, self.global_step, scaler is None)
+            if self.skipping_step:
+                optimizer.zero_grad(set_to_none=True)  # no gradient: the optimizer updates nothing
+            return result
+
+        optimizer.step(closure=guarded)
+
+    @override
+    def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
+        if not self.skipping_step:  # a skipped optimizer step does not advance the schedule either
+            super().lr_scheduler_step(scheduler, metric)
 
     # --------------------------------------------------------------- optimizer
     @override
@@ -275,3 +304,8 @@ class PreferenceModule(PolicyAndReference):
         else:
             scheduler = self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        check_weights_finite(self.policy, self.trainer.strategy if self._trainer is not None else None)
+        super().on_save_checkpoint(checkpoint)

@@ -49,3 +49,17 @@ class AccuracyCheck(pl.Callback):
         expected = pl_module.expected_accuracy(pl_module.beta_provider.controller.beta)
         assert abs(logged - expected) < 1e-6, (logged, expected)
         assert pl_module.checked_steps == trainer.global_step
+
+
+class SameWeights(pl.Callback):
+    """At the end of training every rank holds the same policy weights and the same count of skipped steps."""
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        checksum = torch.stack([p.detach().double().sum() for p in pl_module.policy.parameters()]).sum().reshape(1)
+        gathered = pl_module.all_gather(checksum)  # (W, 1)
+        assert torch.equal(gathered, gathered[:1].expand_as(gathered)), gathered
+        skipped = pl_module.all_gather(torch.tensor([float(pl_module._guard.skipped)]))
+        assert torch.equal(skipped, torch.ones_like(skipped)), skipped
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pl_module.log("guard_skipped", float(pl_module._guard.skipped), batch_size=1)

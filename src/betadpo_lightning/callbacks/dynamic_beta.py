@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
@@ -128,6 +129,10 @@ class DynamicBetaCallback(Callback):
             return static_decision(pairs, beta0)
         required = self.required_extras
         everyone, offset, ranks = gather_pairs(trainer.strategy, pairs.select(required))
+        if not all(bool(torch.isfinite(value).all()) for value in everyone.tensors().values()):
+            # A poisoned micro-batch (the module's guard skips or stops its step) never reaches the controller.
+            self.reporter.update_scalars({"beta": torch.tensor(beta0)})
+            return static_decision(pairs, beta0)
         result = self.controller.step(pair_margins(everyone), everyone if required else None)
         local = slice(offset, offset + len(pairs))
         self.reporter.update_pairs("train", pairs, beta0)
@@ -143,6 +148,11 @@ class DynamicBetaCallback(Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
     ) -> None:
+        if getattr(pl_module, "skipping_step", False):  # the module's guard skips this step: so does the controller
+            discard = getattr(self.controller, "discard_step", None)
+            if discard is not None:
+                discard()
+            return
         self.controller.on_optimizer_step()
 
     # ----------------------------------------------------------------- logging

@@ -143,6 +143,10 @@ class BetaDPOController:
         self._update(mean, std)
         self._pending = torch.zeros_like(self._pending)
 
+    def discard_step(self) -> None:
+        """A skipped optimizer step: forget its pending margins (``optimizer_step`` scope)."""
+        self._pending = torch.zeros_like(self._pending)
+
     def _prepare(self, gaps: Tensor) -> Tensor:
         if gaps.dim() != 1 or gaps.shape[0] == 0:
             raise ValueError(f"Expected `gaps` of shape (N,) with N >= 1, got {tuple(gaps.shape)}.")

@@ -130,6 +130,10 @@ class EpsilonBetaController:
         self._pending = torch.zeros(2, dtype=torch.float64)
         self._updates += 1
 
+    def discard_step(self) -> None:
+        """A skipped optimizer step: forget its signs; β stays."""
+        self._pending = torch.zeros(2, dtype=torch.float64)
+
     @property
     def num_updates(self) -> int:
         """How many optimizer steps have updated β."""
