@@ -70,6 +70,7 @@ def test_validation_uses_beta0_keeps_every_pair_and_changes_nothing(tmp_path):
         assert decision.keep.all()
         assert decision.beta.item() == pytest.approx(CONTROLLER["beta"])  # the fixed β0
         assert decision.normalizer.item() == 8  # the local mean
+    assert after.pop("settings") == before.pop("settings")
     for key, value in before.items():
         assert torch.equal(torch.as_tensor(after[key]), torch.as_tensor(value)), key
     assert {"val/rewards/accuracies", "val/logps/chosen", "val/margins/mean"} <= set(validator.callback_metrics)
@@ -200,3 +201,19 @@ def test_decision_reduce_and_static_decision():
     loss = decision.reduce(-F.logsigmoid(decision.beta * h))
     loss.backward()
     assert h.grad[1] == 0  # a dropped pair gets no gradient
+
+
+def test_resume_with_other_settings_is_warned(tmp_path):
+    """α, ρ, momentum and the seed are in the checkpoint; a resume with another value of one of them says which,
+    and runs with the configured value."""
+    module = PairScorer(sizes=(6,))
+    callback = _callback()
+    _trainer(tmp_path, 2, callback, limit_val_batches=0).fit(module)
+    state = callback.state_dict()
+    assert state["controller"]["settings"]["rho"] == CONTROLLER["rho"]
+    changed = _callback(rho=0.5, seed=9)
+    with pytest.warns(UserWarning, match=r"rho: 0.25 in the checkpoint, 0.5 now, .*seed: 3 in the checkpoint, 9 now"):
+        changed.load_state_dict(state)
+    assert changed.controller.seed == 9
+    assert changed.controller.rho == 0.5
+    assert changed.controller.num_steps == 2

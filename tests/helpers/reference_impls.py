@@ -68,24 +68,44 @@ def successive_inclusion_probabilities(weights: Sequence[float], k: int) -> list
 
 
 class BetaDPOReference:
-    """β-DPO controller statistics and β, written from the design text (no filtering: rho = 0)."""
+    """β-DPO controller statistics and β, written from the design text (no filtering: rho = 0).
 
-    def __init__(self, beta: float, alpha: float, momentum: float, beta_min: float, sigma_min: float) -> None:
+    With ``clip`` (the bound on one batch's influence, in units of σ once σ is known) and ``ratio`` (the upper clamp
+    of β relative to β0); ``None`` for either gives the released code's statistics.
+    """
+
+    def __init__(
+        self,
+        beta: float,
+        alpha: float,
+        momentum: float,
+        beta_min: float,
+        sigma_min: float,
+        clip: float | None = 3.0,
+        ratio: float | None = 10.0,
+    ) -> None:
         self.beta, self.alpha, self.m, self.beta_min, self.sigma_min = beta, alpha, momentum, beta_min, sigma_min
+        self.clip, self.ratio = clip, ratio
         self.m0: float | None = None
         self.sigma: float | None = None
 
     def step(self, gaps: Sequence[float]) -> float:
         n = len(gaps)
         mean = sum(gaps) / n
-        self.m0 = mean if self.m0 is None else self.m * self.m0 + (1 - self.m) * mean
-        if n > 1:
-            std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (n - 1))
+        batch_mean = mean
+        std = math.sqrt(sum((g - mean) ** 2 for g in gaps) / (n - 1)) if n > 1 else None
+        if self.clip is not None and self.sigma is not None and self.m0 is not None:
+            low, high = self.m0 - self.clip * self.sigma, self.m0 + self.clip * self.sigma
+            batch_mean = min(max(mean, low), high)
+            std = None if std is None else min(std, self.clip * self.sigma)
+        self.m0 = batch_mean if self.m0 is None else self.m * self.m0 + (1 - self.m) * batch_mean
+        if std is not None:
             if self.sigma is not None:
                 self.sigma = self.m * self.sigma + (1 - self.m) * std
             elif std > self.sigma_min:
                 self.sigma = std
-        return max(self.beta_min, self.beta * (1 + self.alpha * (mean - self.m0)))
+        beta = max(self.beta_min, self.beta * (1 + self.alpha * (mean - self.m0)))
+        return beta if self.ratio is None else min(beta, self.ratio * self.beta)
 
 
 def normalised_entropy(logits: Sequence[Sequence[float]], labels: Sequence[int], ignore: int) -> float:

@@ -179,7 +179,17 @@ class DynamicBetaCallback(Callback):
                 f"The checkpoint holds the state of a {saved}, but this run's controller is a "
                 f"{type(self.controller).__name__}; resume with the same controller."
             )
-        self.controller.load_state_dict(state_dict.get("controller", {}))
+        state = state_dict.get("controller", {})
+        saved, current = state.get("settings"), getattr(self.controller, "settings", lambda: None)()
+        if isinstance(saved, dict) and isinstance(current, dict):
+            changed = {k: (saved[k], current[k]) for k in current if k in saved and saved[k] != current[k]}
+            if changed:
+                details = ", ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in changed.items())
+                rank_zero_warn(
+                    f"Resuming {type(self.controller).__name__} with other settings ({details}); the configured "
+                    "values are used, so the run does not continue exactly as the checkpointed one would have."
+                )
+        self.controller.load_state_dict(state)
 
 
 def _check_composition(controller: Any, module: pl.LightningModule) -> None:

@@ -36,7 +36,14 @@ class BetaDPOController:
        ``(seed, step)``, so every rank draws the same mask without communication and a resumed run draws the
        same masks as an uninterrupted one.
     3. :math:`\beta_b = \beta_0\,(1 + \alpha\,(\mathrm{mean}(M_{kept}) - M_0))`, clamped to
-       ``[beta_min, beta_max]``.
+       ``[beta_min, min(beta_max, max_beta_ratio·β0)]``.
+
+    Robustness to a single outlier batch (a departure from the released code, which has neither): β is clamped
+    at ``max_beta_ratio·β0`` (10 by default), and once σ is known one batch moves the statistics a bounded amount:
+    the batch mean that enters the EMA is clipped to :math:`M_0 \pm c\,\sigma` and the batch std to at most
+    :math:`c\,\sigma`, with ``c = outlier_clip`` (3 by default). A batch of margins around 5,000 amid margins
+    around 1 then shifts :math:`M_0` by at most :math:`0.3\sigma` and β returns to its course within a few steps;
+    a steady drift of the margins is followed as before.
 
     With ``scope="optimizer_step"`` (for gradient accumulation), step 1 happens once per optimizer step instead,
     in :meth:`on_optimizer_step`, with the mean and std of all the step's margins (every micro-batch, every rank),
@@ -52,7 +59,9 @@ class BetaDPOController:
         rho: ρ, the fraction of pairs dropped by filtering, in ``[0, 1)``.
         momentum: m, the EMA momentum of :math:`M_0` and :math:`\sigma`, in ``[0, 1)``.
         beta_min: lower clamp of β (> 0).
-        beta_max: upper clamp of β, or ``None`` for none.
+        beta_max: absolute upper clamp of β, or ``None``.
+        max_beta_ratio: upper clamp of β relative to β0 (``None``: none).
+        outlier_clip: ``c``, the bound on one batch's influence on the statistics in units of σ (``None``: none).
         sigma_min: floor of :math:`\sigma` (> 0), in margin units (nats).
         seed: seed of the filtering draws.
         scope: when the statistics are updated: ``"micro_batch"`` (the paper) or ``"optimizer_step"``.
@@ -76,6 +85,8 @@ class BetaDPOController:
         momentum: float = 0.9,
         beta_min: float = 1e-3,
         beta_max: float | None = None,
+        max_beta_ratio: float | None = 10.0,
+        outlier_clip: float | None = 3.0,
         sigma_min: float = 1e-6,
         seed: int = 0,
         scope: StatisticsScope = "micro_batch",
@@ -87,9 +98,13 @@ class BetaDPOController:
         _check(beta_min > 0, "beta_min", "> 0", beta_min)
         _check(beta_max is None or beta_max >= beta_min, "beta_max", f"None or >= beta_min={beta_min}", beta_max)
         _check(sigma_min > 0, "sigma_min", "> 0", sigma_min)
+        _check(max_beta_ratio is None or max_beta_ratio >= 1, "max_beta_ratio", "None or >= 1", max_beta_ratio)
+        _check(outlier_clip is None or outlier_clip > 0, "outlier_clip", "None or > 0", outlier_clip)
         _check(scope in SCOPES, "scope", f"in {SCOPES}", scope)
         self.beta, self.alpha, self.rho, self.momentum = float(beta), float(alpha), float(rho), float(momentum)
         self.beta_min, self.beta_max = float(beta_min), None if beta_max is None else float(beta_max)
+        self.max_beta_ratio = None if max_beta_ratio is None else float(max_beta_ratio)
+        self.outlier_clip = None if outlier_clip is None else float(outlier_clip)
         self.sigma_min, self.seed, self.scope = float(sigma_min), int(seed), scope
         self._m0 = torch.zeros((), dtype=torch.float64)
         self._sigma = torch.full((), self.sigma_min, dtype=torch.float64)
@@ -143,6 +158,18 @@ class BetaDPOController:
         self._update(mean, std)
         self._pending = torch.zeros_like(self._pending)
 
+    @property
+    def upper_clamp(self) -> float | None:
+        """The upper clamp of β: the smaller of ``beta_max`` and ``max_beta_ratio·β0`` (``None``: none)."""
+        relative = None if self.max_beta_ratio is None else self.max_beta_ratio * self.beta
+        present = [bound for bound in (self.beta_max, relative) if bound is not None]
+        return min(present) if present else None
+
+    def settings(self) -> dict[str, Any]:
+        """The configuration, saved with the state so that a resume with other settings is noticed."""
+        keys = ("beta", "alpha", "rho", "momentum", "beta_min", "beta_max", "max_beta_ratio", "outlier_clip")
+        return {key: getattr(self, key) for key in (*keys, "sigma_min", "seed", "scope")}
+
     def discard_step(self) -> None:
         """A skipped optimizer step: forget its pending margins (``optimizer_step`` scope)."""
         self._pending = torch.zeros_like(self._pending)
@@ -163,6 +190,10 @@ class BetaDPOController:
 
     def _update(self, mean: Tensor, std: Tensor | None) -> None:
         m = self.momentum
+        if self.outlier_clip is not None and self._sigma_ready:  # one batch moves the statistics a bounded amount
+            bound = self.outlier_clip * self._sigma
+            mean = torch.minimum(torch.maximum(mean, self._m0 - bound), self._m0 + bound)
+            std = None if std is None else torch.minimum(std, bound)
         self._m0 = m * self._m0 + (1 - m) * mean if self._m0_ready else mean
         self._m0_ready = True
         self._updates += 1
@@ -197,7 +228,7 @@ class BetaDPOController:
     def _result(self, g: Tensor, keep: Tensor, m0: Tensor, sigma: Tensor) -> BetaStep:
         kept = keep.to(g.dtype)
         kept_mean = (g * kept).sum() / kept.sum()
-        beta = (self.beta * (1 + self.alpha * (kept_mean - m0))).clamp(min=self.beta_min, max=self.beta_max)
+        beta = (self.beta * (1 + self.alpha * (kept_mean - m0))).clamp(min=self.beta_min, max=self.upper_clamp)
         stats = {
             "gap_mean": g.mean(),
             "gap_std": g.std() if g.shape[0] > 1 else torch.zeros_like(m0),
@@ -217,7 +248,7 @@ class BetaDPOController:
             "steps": self._steps,
             "updates": self._updates,
             "pending": self._pending.detach().cpu().clone(),
-            "seed": self.seed,
+            "settings": self.settings(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -229,7 +260,7 @@ class BetaDPOController:
         self._steps = int(state_dict.get("steps", 0))
         self._updates = int(state_dict.get("updates", self._steps))
         self._pending = torch.as_tensor(state_dict.get("pending", torch.zeros(3)), dtype=torch.float64).clone()
-        self.seed = int(state_dict.get("seed", self.seed))
+        # The configured settings stay in force (the callback warns about any that differ from the checkpoint's).
 
 
 def _sums(g: Tensor) -> Tensor:

@@ -45,9 +45,13 @@ class ConstantBetaController:
     def on_optimizer_step(self) -> None:
         """Nothing to do: there is no state."""
 
+    def settings(self) -> dict[str, Any]:
+        """The configuration."""
+        return {"beta": self.beta}
+
     def state_dict(self) -> dict[str, Any]:
         """The fixed β (for the record; it comes from the configuration)."""
-        return {"beta": self.beta}
+        return {"settings": self.settings()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Nothing to restore: β comes from the configuration."""

@@ -130,6 +130,10 @@ class EpsilonBetaController:
         self._pending = torch.zeros(2, dtype=torch.float64)
         self._updates += 1
 
+    def settings(self) -> dict[str, Any]:
+        """The configuration, saved with the state so that a resume with other settings is noticed."""
+        return {"beta": self.beta, "epsilon": self.epsilon}
+
     def discard_step(self) -> None:
         """A skipped optimizer step: forget its signs; β stays."""
         self._pending = torch.zeros(2, dtype=torch.float64)
@@ -145,8 +149,7 @@ class EpsilonBetaController:
             "current_beta": self._current.clone(),
             "pending": self._pending.clone(),
             "updates": self._updates,
-            "beta": self.beta,
-            "epsilon": self.epsilon,
+            "settings": self.settings(),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
