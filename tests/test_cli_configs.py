@@ -4,6 +4,7 @@ the CLI's links and defaults; the quickstart runs end to end."""
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,39 @@ def test_bitsandbytes_optimizers_are_selectable_in_yaml(optimizer):
     module_name, name = optimizer.rsplit(".", 1)
     assert isinstance(built, getattr(importlib.import_module(module_name), name))
     assert built.param_groups[0]["lr"] == 1e-3
+
+
+REAL_DATA = [path for path in CONFIGS if path.name.startswith(("hh_", "ultrafeedback_"))]
+
+
+def _quirky_rows(path: Path, fixtures_dir: Path) -> tuple[list[dict], str]:
+    """The config's real-shaped fixture plus the real rows that once aborted it, and the reason they are skipped.
+
+    HH-RLHF: a blank answer after the last shared "Assistant:". UltraFeedback: a pair whose two answers are the same.
+    """
+    if path.name.startswith("hh_"):
+        rows = [json.loads(line) for line in (fixtures_dir / "hh_rlhf.jsonl").read_text().splitlines()]
+        turn = "\n\nHuman: Thanks!\n\nAssistant:"
+        return [*rows, {"chosen": turn + " ", "rejected": turn + " You are welcome."}], "empty_text"
+    rows = [json.loads(line) for line in (fixtures_dir / "ultrafeedback.jsonl").read_text().splitlines()]
+    return [*rows, {**rows[0], "rejected": rows[0]["chosen"]}], "identical_pair"
+
+
+@pytest.mark.parametrize("path", REAL_DATA, ids=lambda p: p.name)
+def test_real_data_configs_skip_and_count_real_quirks(path, tiny_model_dir, fixtures_dir, tmp_path):
+    """Each HH-RLHF and UltraFeedback config, its data section as shipped (split names aside), prepares data that
+    holds the real rows that used to abort the run in `prepare_data`: they are skipped and counted."""
+    rows, reason = _quirky_rows(path, fixtures_dir)
+    source = tmp_path / "pairs.jsonl"
+    source.write_text("\n".join(json.dumps(row) for row in rows) + "\n", encoding="utf-8")
+    args = ["--config", str(path), *ON_CPU, f"--data.dataset={source}", "--data.train_split=train"]
+    args += ["--data.val_split=null", "--data.num_proc=null", f"--data.cache_dir={tmp_path / 'cache'}"]
+    if "model_name_or_path:" in path.read_text():
+        args.append(f"--model.model_name_or_path={tiny_model_dir}")
+    data = _cli(args).datamodule
+    assert data.spec.on_bad_row == "skip"
+    data.prepare_data()
+    with pytest.warns(UserWarning, match=rf"skipped {reason}=1"):
+        data.setup("fit")
+    assert data.stats["train"].skipped == {reason: 1}
+    assert data.stats["train"].kept == len(rows) - 1

@@ -94,3 +94,21 @@ def test_epsilon_dpo_two_ranks_equal_the_single_process_mean(tmp_path):
             controller.on_optimizer_step()
     assert beta == pytest.approx(controller.current_beta, rel=1e-6)
     assert beta != 0.2
+
+
+def test_the_process_group_is_closed_at_exit(tmp_path):
+    """A Gloo group alive at interpreter shutdown can abort a rank after a successful run; the module's and the
+    callback's setup register its destruction at exit (checked by running the exit handlers in a fresh process)."""
+    import subprocess
+
+    code = (
+        "import atexit, torch.distributed as dist\n"
+        "from betadpo_lightning.parallel import close_process_group_at_exit\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
+        "close_process_group_at_exit(); close_process_group_at_exit()\n"
+        "atexit._run_exitfuncs()\n"
+        "print('initialized after exit handlers:', dist.is_initialized())\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "initialized after exit handlers: False" in result.stdout

@@ -205,16 +205,40 @@ def test_activation_checkpointing_changes_no_number():
         torch.testing.assert_close(a.grad, b.grad, msg=name)
 
 
-def test_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
-    class BigTokenizerData(pl.LightningDataModule):
-        tokenizer = tuple(range(TINY_LLAMA["vocab_size"] + 1))  # len() is all the check reads
+@pytest.mark.filterwarnings("ignore:tokenizer .* has no pad token:UserWarning")
+@pytest.mark.filterwarnings("ignore:dataset .* has no split 'validation':UserWarning")
+@pytest.mark.parametrize("small", ["policy", "reference model"])
+def test_token_id_outside_a_vocabulary_is_named_once_before_training(tmp_path, small, bpe_tokenizer_dir, fixtures_dir):
+    """Data tokenized with a 600-token tokenizer, a policy or a reference whose embedding has 48 rows: the first
+    out-of-range id is named with its split, row and part before any step (instead of an IndexError mid-step)."""
+    from betadpo_lightning.data import PreferenceDataModule
+    from betadpo_lightning.reference import FrozenReference
+    from conftest import save_tiny_model
 
-        def train_dataloader(self):
-            return resumable_loader(RandomPairs(8), 4)
-
-    pl.seed_everything(0)
-    with pytest.raises(ValueError, match="embedding has 48 rows"):
-        _trainer(tmp_path, 1).fit(_module(), datamodule=BigTokenizerData())
+    small_dir = save_tiny_model(tmp_path / "small")  # TINY_LLAMA: 48 rows, no tokenizer
+    big_dir = save_tiny_model(tmp_path / "big", bpe_tokenizer_dir)  # 600 rows
+    policy, reference = (small_dir, big_dir) if small == "policy" else (big_dir, small_dir)
+    data = PreferenceDataModule(dataset=str(fixtures_dir / "standard.jsonl"), tokenizer=str(bpe_tokenizer_dir),
+                                cache_dir=str(tmp_path / "cache"), val_split=None, batch_size=2)  # fmt: skip
+    module = PreferenceModule(model_name_or_path=str(policy), reference=FrozenReference(name_or_path=str(reference)))
+    data.prepare_data()
+    data.setup("fit")
+    first = next(
+        (row, part, token)
+        for row, sample in zip(data.splits["train"]["index"], data.splits["train"], strict=True)
+        for part in ("prompt", "chosen", "rejected")
+        for token in sample[f"{part}_input_ids"]
+        if token >= 48
+    )
+    expected = (
+        rf"token id {first[2]} \(split 'train', row {first[0]}, {first[1]}\) is outside the vocabulary of the "
+        rf"{small}: its input embedding has 48 rows, but the data was tokenized with a tokenizer of "
+        rf"{len(data.tokenizer)} tokens"
+    )
+    recorder = Recorder()
+    with pytest.raises(ValueError, match=expected):
+        _trainer(tmp_path, 1, [recorder]).fit(module, datamodule=data)
+    assert recorder.losses == []
 
 
 def _logged_run(tmp_path, callbacks, monkeypatch) -> tuple[MemoryLogger, int]:

@@ -18,6 +18,7 @@ from betadpo_lightning.callbacks.protocol import BetaProvider, static_decision
 from betadpo_lightning.callbacks.reporting import PreferenceReporter
 from betadpo_lightning.checks import check_batch, check_weights_finite
 from betadpo_lightning.losses import PAIR_LOSSES, mallows_weight, pair_margins
+from betadpo_lightning.metrics import MeanOfSums
 from betadpo_lightning.model_building import PolicyAndReference
 from betadpo_lightning.models import (
     DType,
@@ -25,6 +26,7 @@ from betadpo_lightning.models import (
 )
 from betadpo_lightning.nonfinite import NonFiniteGuard, NonFinitePolicy
 from betadpo_lightning.pair_forward import ModelPair, PairForward
+from betadpo_lightning.parallel import close_process_group_at_exit
 from betadpo_lightning.quantization import Quantization
 from betadpo_lightning.reference import FrozenReference, NoReference, ReferenceProvider
 from betadpo_lightning.schedulers import LinearWarmup
@@ -150,6 +152,7 @@ class PreferenceModule(PolicyAndReference):
         self._init_models()
         self.beta_provider: BetaProvider | None = None
         self.reporter = PreferenceReporter()
+        self.eval_loss = MeanOfSums()  # per-pair mean over the epoch and every rank, exact (see `_step`)
         self._pair_forward = PairForward(head)
 
     @property
@@ -168,6 +171,10 @@ class PreferenceModule(PolicyAndReference):
         return bool(self.hparams.reference_free) or isinstance(self.reference_provider, NoReference)
 
     @override
+    def setup(self, stage: str) -> None:
+        close_process_group_at_exit()
+
+    @override
     def on_fit_start(self) -> None:
         self.reporter.to(self.device)
         if self.reference_model is not None:  # the reference is in eval mode on purpose: silence exactly that
@@ -175,13 +182,31 @@ class PreferenceModule(PolicyAndReference):
             warnings.filterwarnings(
                 "ignore", message=rf"Found {count} module\(s\) in eval mode at the start", category=PossibleUserWarning
             )
-        embeddings = self.policy.get_input_embeddings().weight.shape[0] if self.policy is not None else None
-        tokenizer = getattr(self.trainer.datamodule, "tokenizer", None) if self.trainer.datamodule else None
-        if tokenizer is not None and embeddings is not None and len(tokenizer) > embeddings:
-            raise ValueError(
-                f"The tokenizer has {len(tokenizer)} tokens but the policy's embedding has {embeddings} rows; "
-                "use the model's own tokenizer or resize the embeddings."
-            )
+        self._check_token_ids()
+
+    def _check_token_ids(self) -> None:
+        """Once per fit: every token id of the data fits the policy's and the reference's embeddings.
+
+        Needs a datamodule with a ``token_id_beyond(vocab_size)`` method, such as
+        :class:`~betadpo_lightning.data.PreferenceDataModule`.
+        """
+        datamodule = getattr(self.trainer, "datamodule", None)
+        check = getattr(datamodule, "token_id_beyond", None)
+        if check is None:
+            return
+        for name, model in (("policy", self.policy), ("reference model", self.reference_model)):
+            if model is None:
+                continue
+            rows = int(model.get_input_embeddings().weight.shape[0])
+            found = check(rows)
+            if found is not None:
+                tokenizer = getattr(datamodule, "tokenizer", None)
+                size = f" of {len(tokenizer)} tokens" if tokenizer is not None else ""
+                raise ValueError(
+                    f"{found} is outside the vocabulary of the {name}: its input embedding has {rows} rows, but the "
+                    f"data was tokenized with a tokenizer{size}; use the model's own tokenizer or resize the "
+                    "embeddings."
+                )
 
     # -------------------------------------------------------------------- step
     def _wanted_extras(self) -> frozenset[str]:
@@ -220,6 +245,8 @@ class PreferenceModule(PolicyAndReference):
         finite = torch.isfinite(margins) & has_response[: len(pairs)] & has_response[len(pairs) :]
         if stage == "train":
             self._guard.observe(finite, pairs.pair_index, "margin (or a row without response token)")
+        else:
+            pairs, margins = self._evaluated_pairs(batch, pairs, margins, finite, stage)
         if provider is not None:
             decision = provider.decide(pairs.detach())
         else:
@@ -235,9 +262,31 @@ class PreferenceModule(PolicyAndReference):
         if stage == "train":
             self._guard.observe(torch.isfinite(loss).reshape(1), None, "loss")
             self.reporter.update_scalars({"loss": loss})
-        else:  # Lightning's epoch mean weighted by pairs: exact whatever the batching, one collective per run
-            self.log(f"{stage}/loss", loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=len(pairs))
+        else:  # the mean over every pair of the epoch, one sum-reduction at its end: exact whatever the batching
+            # (Lightning's own `sync_dist` epoch mean averages the integer pair counts with a floor division)
+            self.eval_loss.update(per_pair[decision.keep])
+            self.log(f"{stage}/loss", self.eval_loss, on_step=False, on_epoch=True)
         return {"loss": loss}
+
+    def _evaluated_pairs(
+        self, batch: dict[str, Tensor], pairs: PairData, margins: Tensor, finite: Tensor, stage: str
+    ) -> tuple[PairData, Tensor]:
+        """The pairs an evaluation counts: not the padding that evens out the ranks, not a non-finite pair.
+
+        Non-finite pairs are counted in ``{stage}/nonfinite_pairs`` (summed over the epoch and the ranks).
+        """
+        padding = batch.get("is_padding", torch.zeros_like(finite))  # (B,)
+        self.log(
+            f"{stage}/nonfinite_pairs",
+            (~finite & ~padding).sum().float(),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            sync_dist=True,
+            batch_size=len(pairs),
+        )
+        keep = finite & ~padding
+        return pairs.subset(keep), margins[keep]
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:

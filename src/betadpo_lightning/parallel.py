@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 from typing import Any
 
 import torch
 from torch import nn
 
 __all__ = [
+    "close_process_group_at_exit",
     "data_parallel_mesh",
     "decoder_layer_classes",
     "fully_shard_causal_lm",
@@ -116,3 +118,25 @@ def wrap_for_fsdp1(strategy: Any, reference: nn.Module | None) -> nn.Module | No
 
         return wrap(reference)
     return reference
+
+
+_CLOSE_REGISTERED = False
+
+
+def close_process_group_at_exit() -> None:
+    """Destroy the default process group when the process exits, whatever its backend (idempotent).
+
+    Lightning does this for NCCL only. A Gloo process group still alive when the interpreter shuts down can be torn
+    down while its threads run, which aborts the process ("terminate called without an active exception") after a
+    successful run: a spawned rank then fails its launcher.
+    """
+    global _CLOSE_REGISTERED
+    if _CLOSE_REGISTERED or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    _CLOSE_REGISTERED = True
+
+    def close() -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(close)

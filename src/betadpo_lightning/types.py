@@ -116,6 +116,10 @@ class PairData:
         """Every field detached from the graph."""
         return self.map(Tensor.detach)
 
+    def subset(self, mask: Tensor) -> PairData:
+        """The pairs where ``mask`` (bool ``(B,)``) is true, every field indexed alike."""
+        return self.map(lambda value: value[mask])
+
     def select(self, extras: Iterable[str]) -> PairData:
         """Only the four log-probabilities, ``pair_index`` and the named extra groups (which must be present).
 

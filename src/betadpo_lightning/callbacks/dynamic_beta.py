@@ -17,6 +17,7 @@ from betadpo_lightning.callbacks.protocol import BetaDecision, static_decision
 from betadpo_lightning.callbacks.reporting import PreferenceReporter
 from betadpo_lightning.controllers import BetaController, BetaDPOController
 from betadpo_lightning.losses import pair_margins
+from betadpo_lightning.parallel import close_process_group_at_exit
 from betadpo_lightning.types import PairData, check_extras
 
 __all__ = ["DynamicBetaCallback"]
@@ -87,6 +88,7 @@ class DynamicBetaCallback(Callback):
             )
         pl_module.beta_provider = self
         self._trainer = trainer
+        close_process_group_at_exit()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

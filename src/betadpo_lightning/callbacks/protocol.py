@@ -83,7 +83,7 @@ def static_decision(pairs: PairData, beta: float) -> BetaDecision:
     return BetaDecision(
         beta=torch.tensor(beta, dtype=torch.float32, device=device),
         keep=torch.ones(n, dtype=torch.bool, device=device),
-        normalizer=torch.tensor(float(n), device=device),
+        normalizer=torch.tensor(float(max(n, 1)), device=device),  # no pairs: a zero loss, not 0/0
     )
 
 

@@ -8,6 +8,8 @@ The batch contract, for ``B`` pairs padded to length ``T``:
 * ``labels``: ``(2B, T)`` long, equal to ``input_ids`` on response tokens and ``ignore_index`` on prompt and
   padding positions. Labels are not shifted; the model shifts them.
 * ``pair_index``: ``(B,)`` long, each pair's index in its source split.
+* ``is_padding``: ``(B,)`` bool, only in evaluation batches: pairs repeated to give every rank the same number of
+  samples, which count in no metric.
 * ``reference_logps`` / ``reference_entropy``: ``(2B,)`` float32, only when every sample carries precomputed
   reference values (``reference_chosen_logps`` and ``reference_rejected_logps``, summed log-probs; and
   ``reference_chosen_entropy`` and ``reference_rejected_entropy``), in row order.
@@ -88,6 +90,8 @@ def collate_preference_pairs(
         labels[row, len(prompt) : end] = input_ids[row, len(prompt) : end]
     pair_index = torch.tensor([int(sample["index"]) for sample in samples], dtype=torch.long)  # type: ignore[arg-type]
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pair_index": pair_index}
+    if any("padding" in sample for sample in samples):  # evaluation: repeated samples that even out the ranks
+        batch["is_padding"] = torch.tensor([bool(sample.get("padding", False)) for sample in samples])
     for name in ("logps", "entropy"):
         keys = (f"reference_chosen_{name}", f"reference_rejected_{name}")
         if all(key in sample for key in keys for sample in samples):

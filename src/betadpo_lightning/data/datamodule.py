@@ -17,7 +17,7 @@ from typing_extensions import override
 from betadpo_lightning.data.collate import collate_preference_pairs
 from betadpo_lightning.data.errors import PreferenceDataError
 from betadpo_lightning.data.formats import ColumnNames, FormatOption
-from betadpo_lightning.data.loader import resumable_train_loader
+from betadpo_lightning.data.loader import eval_loader, resumable_train_loader
 from betadpo_lightning.data.loading import DataFiles, load_source, load_tokenizer, pick_split
 from betadpo_lightning.data.pipeline import (
     TokenizationSpec,
@@ -33,6 +33,7 @@ from betadpo_lightning.data.synthetic import SyntheticConfig, split_files, synth
 from betadpo_lightning.data.synthetic.files import TOKENIZER_FOLDER
 from betadpo_lightning.data.tokenize import BadRowPolicy
 from betadpo_lightning.data.truncation import TruncationLimits
+from betadpo_lightning.data.vocab_check import first_token_at_least, largest_token_id
 
 SYNTHETIC = "synthetic"
 TokenizerKwargs = dict[str, str | int | float | bool | None]
@@ -149,6 +150,7 @@ class PreferenceDataModule(LightningDataModule):
         """Kept/dropped/skipped/truncated row counts per split (``"train"``, ``"validation"``); set by :meth:`setup`."""
         self.splits: dict[str, datasets.Dataset] = {}
         """The kept pairs per split; set by :meth:`setup`."""
+        self._skipped_lines: dict[str, int] = {}  # malformed lines skipped per source split
 
     @override
     def prepare_data(self) -> None:
@@ -170,7 +172,10 @@ class PreferenceDataModule(LightningDataModule):
         tokenizer = self._load_tokenizer(warn=True)
         tokenized = self._tokenized_splits(tokenizer, warn=True)
         stats = {
-            split: SplitStats.from_columns(data["status"], data["truncation"]) for split, data in tokenized.items()
+            split: SplitStats.from_columns(data["status"], data["truncation"]).with_malformed_lines(
+                self._skipped_lines.get(self.train_split if split == "train" else str(self.val_split), 0)
+            )
+            for split, data in tokenized.items()
         }
         for split, counts in stats.items():
             log_stats(split, counts)
@@ -188,28 +193,67 @@ class PreferenceDataModule(LightningDataModule):
         keeps as it is); the loader's position is saved in checkpoints, so a resumed run continues with the next
         batch. The last, smaller batch is kept.
         """
-        trainer = self.trainer  # None outside a Trainer run: one process
         # The data-parallel replicas (under model parallelism not every rank is one): the strategy knows them.
-        replicas = getattr(trainer.strategy, "distributed_sampler_kwargs", None) if trainer is not None else None
+        replicas = self._replicas()
         return resumable_train_loader(
             self._split("train"),  # type: ignore[arg-type]
             batch_size=self.batch_size,
             collate_fn=self._collate(),
             seed=self.seed,
-            num_replicas=replicas["num_replicas"] if replicas else 1,
-            rank=replicas["rank"] if replicas else 0,
+            num_replicas=replicas["num_replicas"],
+            rank=replicas["rank"],
             num_workers=self.num_workers,
         )
 
     @override
     def val_dataloader(self) -> DataLoader | list[DataLoader]:
-        """Validation batches in dataset order, or an empty list when there is no validation split."""
+        """Validation batches in dataset order, or an empty list when there is no validation split.
+
+        Each rank gets its share; the samples that pad the ranks to equal counts are flagged (``is_padding``) and
+        count in no metric, so the validation values do not depend on the number of ranks.
+        """
         if "validation" not in self.splits:
             self._split("train")  # raises if setup has not run
             return []
-        return self._loader(self.splits["validation"], self.eval_batch_size, shuffle=False)
+        replicas = self._replicas()
+        return eval_loader(
+            self.splits["validation"],  # type: ignore[arg-type]
+            self.eval_batch_size,
+            self._collate(),
+            num_replicas=replicas["num_replicas"],
+            rank=replicas["rank"],
+            num_workers=self.num_workers,
+        )
+
+    def _replicas(self) -> dict[str, int]:
+        """The data-parallel replicas of the Trainer's strategy (one process outside a Trainer)."""
+        trainer = self.trainer
+        kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None) if trainer is not None else None
+        return (
+            {"num_replicas": kwargs["num_replicas"], "rank": kwargs["rank"]}
+            if kwargs
+            else {"num_replicas": 1, "rank": 0}
+        )
 
     # ------------------------------------------------------------ precomputed reference values
+    def token_id_beyond(self, vocab_size: int) -> str | None:
+        """The first token id of the data (the padding id included) that ``vocab_size`` embedding rows cannot embed.
+
+        Args:
+            vocab_size: the number of rows of a model's input embedding.
+
+        Returns:
+            Which id and where (split, row, part), or ``None`` when every id fits.
+        """
+        pad = self._tokenizer_ready().pad_token_id
+        if pad is not None and pad >= vocab_size:
+            return f"the padding token id {pad}"
+        largest = largest_token_id(self.splits)
+        if largest is None or largest < vocab_size:
+            return None
+        found = first_token_at_least(self.splits, vocab_size)
+        return found.describe() if found is not None else f"token id {largest}"
+
     def cache_identity(self) -> dict[str, object]:
         """What the tokenized pairs depend on, for keys of caches computed from them (after :meth:`setup`).
 
@@ -257,24 +301,16 @@ class PreferenceDataModule(LightningDataModule):
             data = data.add_column(name, values)
         self.splits[split] = data
 
-    def _collate(self) -> functools.partial:
+    def _tokenizer_ready(self) -> PreTrainedTokenizerBase:
         if self.tokenizer is None:
             raise RuntimeError("PreferenceDataModule: call prepare_data() and setup() before asking for data loaders")
+        return self.tokenizer
+
+    def _collate(self) -> functools.partial:
         return functools.partial(
             collate_preference_pairs,
-            pad_token_id=self.tokenizer.pad_token_id,
+            pad_token_id=self._tokenizer_ready().pad_token_id,
             pad_to_multiple_of=self.pad_to_multiple_of,
-        )
-
-    def _loader(self, data: datasets.Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            data,  # type: ignore[arg-type]
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=False,
-            num_workers=self.num_workers,
-            collate_fn=self._collate(),
-            persistent_workers=self.num_workers > 0,
         )
 
     def _split(self, name: str) -> datasets.Dataset:
@@ -302,8 +338,10 @@ class PreferenceDataModule(LightningDataModule):
     def _source(self) -> datasets.DatasetDict:
         if self.synthetic is not None:
             files = split_files(self.synthetic, self._synthetic_folder())
-            return load_source("json", data_files=dict(files), cache_dir=self.cache_dir)
-        return load_source(self.dataset, self.dataset_config, self.data_files, self.cache_dir)
+            return load_source("json", data_files=dict(files), cache_dir=self.cache_dir).splits
+        loaded = load_source(self.dataset, self.dataset_config, self.data_files, self.cache_dir, self.spec.on_bad_row)
+        self._skipped_lines = loaded.skipped_lines
+        return loaded.splits
 
     def _tokenized_splits(self, tokenizer: PreTrainedTokenizerBase, warn: bool) -> dict[str, datasets.Dataset]:
         source = self._source()

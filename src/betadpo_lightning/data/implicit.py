@@ -113,6 +113,21 @@ def check_assistant_turns(messages: list[Message], after: int, row: int, field: 
         )
 
 
+def check_response_content(response: list[Message], row: int, field: str) -> None:
+    """Check that a response's messages hold some text (a blank answer renders as end-of-turn tokens only).
+
+    Raises:
+        PreferenceDataError: ``empty_text``, when every message of the response is blank.
+    """
+    if not "".join(str(message.get("content") or "") for message in response).strip():
+        raise PreferenceDataError(
+            "expected non-empty response content, got only blank messages",
+            row=row,
+            field=field,
+            reason="empty_text",
+        )
+
+
 def split_implicit_messages(
     chosen: list[Message], rejected: list[Message], row: int, names: ColumnNames
 ) -> tuple[list[Message], list[Message], list[Message]]:
@@ -128,8 +143,8 @@ def split_implicit_messages(
         ``(prompt_messages, chosen_response_messages, rejected_response_messages)``.
 
     Raises:
-        PreferenceDataError: If the conversations share no leading message, or one of them does not continue the
-            shared prefix with an assistant turn.
+        PreferenceDataError: If the conversations share no leading message, one of them does not continue the
+            shared prefix with an assistant turn, or a response is blank.
     """
     shared = common_message_prefix(chosen, rejected)
     if shared == 0:
@@ -140,6 +155,7 @@ def split_implicit_messages(
             field=names.chosen,
             reason="no_shared_prompt",
         )
-    check_assistant_turns(chosen, shared, row, names.chosen)
-    check_assistant_turns(rejected, shared, row, names.rejected)
+    for messages, field in ((chosen, names.chosen), (rejected, names.rejected)):
+        check_assistant_turns(messages, shared, row, field)
+        check_response_content(messages[shared:], row, field)
     return chosen[:shared], chosen[shared:], rejected[shared:]

@@ -14,7 +14,14 @@ from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-__all__ = ["ResumableDataLoader", "ResumableSampler", "resumable_train_loader"]
+__all__ = [
+    "EvalSampler",
+    "MarkPadding",
+    "ResumableDataLoader",
+    "ResumableSampler",
+    "eval_loader",
+    "resumable_train_loader",
+]
 
 
 class ResumableSampler(DistributedSampler):
@@ -145,5 +152,58 @@ def resumable_train_loader(
         num_workers=num_workers,
         collate_fn=collate_fn,
         pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )
+
+
+class EvalSampler(DistributedSampler):
+    """This rank's share of an evaluation split in dataset order; the padding that evens out the ranks is marked.
+
+    Like :class:`~torch.utils.data.DistributedSampler` without shuffling, every rank gets ``ceil(n / W)`` samples,
+    so that sharded models run the same number of forward passes on every rank; the repeated samples that pad the
+    last ones are yielded as ``-1 - index`` and :class:`MarkPadding` serves them flagged, so that metrics and losses
+    leave them out and every pair counts exactly once whatever the number of ranks.
+    """
+
+    def __init__(self, dataset: Dataset, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.dataset)  # type: ignore[arg-type]
+        positions = range(self.rank, self.total_size, self.num_replicas)
+        return iter(p if p < n else -1 - (p % n) for p in positions)
+
+
+class MarkPadding(Dataset):
+    """A map-style dataset that serves index ``-1 - i`` as sample ``i`` with ``padding=True``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        padding = index < 0
+        sample = dict(self.dataset[-1 - index if padding else index])
+        sample["padding"] = padding
+        return sample
+
+
+def eval_loader(
+    dataset: Dataset,
+    batch_size: int,
+    collate_fn: Callable[[list[Any]], Any],
+    num_replicas: int = 1,
+    rank: int = 0,
+    num_workers: int = 0,
+) -> DataLoader:
+    """An evaluation loader in dataset order with flagged padding (see :class:`EvalSampler`)."""
+    return DataLoader(
+        MarkPadding(dataset),
+        batch_size=batch_size,
+        sampler=EvalSampler(dataset, num_replicas=num_replicas, rank=rank),
+        num_workers=num_workers,
+        collate_fn=collate_fn,
         persistent_workers=num_workers > 0,
     )

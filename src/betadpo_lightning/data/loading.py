@@ -15,13 +15,16 @@ one split never change the values of another.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+from datasets.data_files import DataFilesDict, get_data_patterns
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from betadpo_lightning.data.errors import PreferenceDataError
+from betadpo_lightning.data.files import copy_without, csv_text_options, describe, find_bad_lines
 
 DataFiles = str | Sequence[str] | Mapping[str, str | Sequence[str]]
 
@@ -56,45 +59,138 @@ def builder_for_file(path: Path) -> str:
     return builder
 
 
+@dataclass(frozen=True)
+class LoadedSource:
+    """The raw splits of a source and the malformed lines skipped while reading them.
+
+    Attributes:
+        splits: the splits by name.
+        skipped_lines: malformed lines skipped per split (``on_bad_row="skip"``; only splits that had some).
+    """
+
+    splits: datasets.DatasetDict
+    skipped_lines: dict[str, int] = field(default_factory=dict)
+
+
 def load_source(
     dataset: str,
     config_name: str | None = None,
     data_files: DataFiles | None = None,
     cache_dir: str | None = None,
-) -> datasets.DatasetDict:
+    on_bad_row: str = "error",
+) -> LoadedSource:
     """Load every split of a source, through the ``datasets`` cache.
+
+    Local CSV files are read with every column as text. When reading local files fails, the files are scanned:
+    a malformed line (invalid JSON, not an object, an integer beyond 64 bits, a CSV record with the wrong number of
+    fields) or an empty file raises a :class:`PreferenceDataError` naming the file and the line, or, under
+    ``on_bad_row="skip"``, a copy without the malformed lines is read and the skipped lines are counted.
 
     Args:
         dataset: A local file or folder, a ``datasets`` builder name used with ``data_files``, or a Hub dataset.
         config_name: The dataset's config (subset) name, if any.
         data_files: Files to read with the builder or Hub dataset named by ``dataset``.
         cache_dir: Cache folder of ``datasets`` (its default when ``None``).
+        on_bad_row: ``"error"`` or ``"skip"``, for malformed lines.
 
     Returns:
-        The splits by name.
+        The splits and the skipped line counts.
 
     Raises:
-        PreferenceDataError: If a local file has an unknown suffix or the source holds no split.
+        PreferenceDataError: If a local file has an unknown suffix, is empty or malformed (see above), or the
+            source holds no split.
     """
     path = Path(dataset)
     if data_files is None and path.is_file():
         dataset, data_files = builder_for_file(path), {"train": str(path)}
+    local = _local_files(path, data_files)
+    options = _text_options(local)
+    skipped: dict[str, int] = {}
+    try:
+        loaded = _load(dataset, config_name, data_files, cache_dir, options)
+    except Exception as error:  # datasets raises anything from StopIteration to ArrowInvalid
+        if not local:
+            raise
+        clean, skipped = _without_bad_lines(local, error, on_bad_row, cache_dir)
+        options = _text_options(clean)
+        paths = {split: [str(f) for f in fs] for split, fs in clean.items()}
+        loaded = _load(_builder_of(clean), None, paths, cache_dir, options)
+    if not isinstance(loaded, datasets.DatasetDict) or not loaded:
+        raise PreferenceDataError(f"expected '{dataset}' to load as named splits, got {type(loaded).__name__}")
+    return LoadedSource(loaded, skipped)
+
+
+def _load(
+    dataset: str,
+    config_name: str | None,
+    data_files: DataFiles | None,
+    cache_dir: str | None,
+    options: Mapping[str, object],
+) -> datasets.DatasetDict:
     if isinstance(data_files, Mapping):
         # One split at a time: loaded together, a column of mixed types in one split would be cast to the type of
         # the others (a mixed JSON column becomes JSON text), silently changing the values.
-        loaded = datasets.DatasetDict(
+        return datasets.DatasetDict(
             {
-                split: datasets.load_dataset(dataset, config_name, data_files={split: files}, cache_dir=cache_dir)[
-                    split
-                ]
+                split: datasets.load_dataset(
+                    dataset, config_name, data_files={split: files}, cache_dir=cache_dir, **options
+                )[split]
                 for split, files in data_files.items()
             }
         )
+    return datasets.load_dataset(dataset, config_name, data_files=data_files, cache_dir=cache_dir, **options)
+
+
+def _local_files(path: Path, data_files: DataFiles | None) -> dict[str, list[Path]]:
+    """The local files of each split (empty when the source is not local)."""
+    if data_files is None:
+        if not path.is_dir():
+            return {}
+        patterns = get_data_patterns(str(path))
+        resolved = DataFilesDict.from_patterns(patterns, base_path=str(path))
+        files = {str(split): [Path(f) for f in found] for split, found in resolved.items()}
+    elif isinstance(data_files, Mapping):
+        files = {split: [Path(f) for f in ([v] if isinstance(v, str) else v)] for split, v in data_files.items()}
     else:
-        loaded = datasets.load_dataset(dataset, config_name, data_files=data_files, cache_dir=cache_dir)
-    if not isinstance(loaded, datasets.DatasetDict) or not loaded:
-        raise PreferenceDataError(f"expected '{dataset}' to load as named splits, got {type(loaded).__name__}")
-    return loaded
+        files = {"train": [Path(f) for f in ([data_files] if isinstance(data_files, str) else data_files)]}
+    if not all(f.is_file() and f.suffix.lower() != ".py" for fs in files.values() for f in fs):
+        return {}
+    return files
+
+
+def _builder_of(files: Mapping[str, Sequence[Path]]) -> str:
+    builders = {builder_for_file(f) for fs in files.values() for f in fs}
+    if len(builders) != 1:
+        raise PreferenceDataError(f"expected local files of one format, got {sorted(builders)}: {dict(files)}")
+    return builders.pop()
+
+
+def _text_options(files: Mapping[str, Sequence[Path]]) -> dict[str, object]:
+    csvs = [f for fs in files.values() for f in fs if builder_for_file(f) == "csv"]
+    return csv_text_options(csvs) if csvs else {}
+
+
+def _without_bad_lines(
+    files: dict[str, list[Path]], error: Exception, on_bad_row: str, cache_dir: str | None
+) -> tuple[dict[str, list[Path]], dict[str, int]]:
+    """After reading failed: name the malformed lines, or (``skip``) copies without them and the counts per split."""
+    found = {f: find_bad_lines(f, builder_for_file(f)) for fs in files.values() for f in fs}
+    bad = {f: lines for f, lines in found.items() if lines}
+    if not bad:
+        cause = f"{type(error).__name__}: {error}" + (f" ({error.__cause__})" if error.__cause__ else "")
+        names = ", ".join(f"'{f}'" for f in found)
+        raise PreferenceDataError(f"could not read {names}: {cause}") from error
+    if on_bad_row != "skip" or any(line.fatal for lines in bad.values() for line in lines):
+        messages = "; ".join(describe(f, lines) for f, lines in bad.items())
+        skippable = not any(line.fatal for lines in bad.values() for line in lines)
+        hint = "; fix it, or set on_bad_row='skip' to skip and count malformed lines" if skippable else ""
+        raise PreferenceDataError(messages + hint) from None
+    folder = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "betadpo_lightning_clean"
+    clean = {s: [copy_without(f, builder_for_file(f), bad.get(f, []), folder) for f in fs] for s, fs in files.items()}
+    skipped = {s: n for s, fs in files.items() if (n := sum(len(bad.get(f, [])) for f in fs))}
+    for f, lines in bad.items():
+        rank_zero_warn(f"skipping {describe(f, lines)}")
+    return clean, skipped
 
 
 def pick_split(splits: datasets.DatasetDict, name: str, source: str) -> datasets.Dataset:

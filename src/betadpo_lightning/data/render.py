@@ -18,6 +18,7 @@ from betadpo_lightning.data.errors import PreferenceDataError
 from betadpo_lightning.data.formats import ColumnNames, Message, ResolvedFormat, as_messages, as_text
 from betadpo_lightning.data.implicit import (
     check_assistant_turns,
+    check_response_content,
     common_message_prefix,
     split_implicit_messages,
     split_implicit_text,
@@ -159,13 +160,7 @@ class PairRenderer:
         after = len(prompt) if common_message_prefix(prompt, messages) == len(prompt) else 0
         check_assistant_turns(messages, after, index, field)
         response = messages[after:]
-        if not "".join(message["content"] for message in response).strip():
-            raise PreferenceDataError(
-                "expected non-empty response content, got only blank messages",
-                row=index,
-                field=field,
-                reason="empty_text",
-            )
+        check_response_content(response, index, field)
         return response
 
     def _apply(self, messages: list[Message], index: int, field: str, generation_prompt: bool) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -20,7 +20,8 @@ class SplitStats:
         kept: Rows turned into training pairs.
         dropped: Rows dropped by tokenization, by reason (``"too_long"``: no room for a response token;
             ``"identical_tokens"``: chosen and rejected ids equal after tokenization and truncation).
-        skipped: Bad rows skipped under ``on_bad_row="skip"``, by reason (e.g. ``"identical_pair"``).
+        skipped: Bad rows skipped under ``on_bad_row="skip"``, by reason (e.g. ``"identical_pair"``;
+            ``"malformed_line"`` for lines of a local file that could not be read as a row).
         truncated: Kept rows whose prompt, chosen or rejected part was cut, by part.
     """
 
@@ -57,6 +58,17 @@ class SplitStats:
             kind, _, reason = row_status.partition(":")
             outcomes[kind][reason] += 1
         return cls(rows, kept, dict(outcomes["dropped"]), dict(outcomes["skipped"]), dict(parts))
+
+    def with_malformed_lines(self, count: int) -> SplitStats:
+        """These counts plus ``count`` malformed source lines skipped before tokenization (``malformed_line``).
+
+        Examples:
+            >>> SplitStats(rows=3, kept=3).with_malformed_lines(2).summary("train")
+            "preference data 'train': 3/5 pairs kept; skipped malformed_line=2"
+        """
+        if not count:
+            return self
+        return replace(self, rows=self.rows + count, skipped={**self.skipped, "malformed_line": count})
 
     def summary(self, split: str) -> str:
         """One line describing the counts, for the log.
