@@ -187,3 +187,20 @@ def test_real_data_configs_skip_and_count_real_quirks(path, tiny_model_dir, fixt
         data.setup("fit")
     assert data.stats["train"].skipped == {reason: 1}
     assert data.stats["train"].kept == len(rows) - 1
+
+
+def test_multi_node_overrides_of_the_readme_parse(capsys):
+    """The README's multi-node lines override the FSDP2 config's nodes, accumulation and data-parallel size."""
+    config = ROOT / "configs" / "hh_pythia410m_beta_dpo_fsdp.yaml"
+    args = ["fit", "--config", str(config), "--trainer.num_nodes=2", "--trainer.accumulate_grad_batches=1"]
+    args += ["--trainer.strategy.init_args.data_parallel_size=8", "--print_config"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    trainer = printed["trainer"]
+    assert trainer["num_nodes"] == 2
+    assert trainer["accumulate_grad_batches"] == 1
+    assert trainer["strategy"]["class_path"].endswith("ModelParallelStrategy")
+    assert trainer["strategy"]["init_args"]["data_parallel_size"] == 8
+    assert trainer["strategy"]["init_args"]["tensor_parallel_size"] == 1

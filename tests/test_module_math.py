@@ -128,6 +128,41 @@ def test_gradient_accumulation_keeps_the_loss_scale(tmp_path):
         torch.testing.assert_close(accumulated[key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+def _sgd_delta(tmp_path, indices: list[int], batch_size: int, accumulate: int) -> dict[str, torch.Tensor]:
+    """The parameter change of one SGD step (lr 1) of plain DPO (β 0.5) on these pairs, in this order."""
+    from torch.utils.data import DataLoader, Subset
+
+    pl.seed_everything(0)
+    module = PreferenceModule(model_config=TINY_LLAMA, optimizer=lambda p: torch.optim.SGD(p, lr=1.0))
+    module.configure_model()
+    with torch.no_grad():
+        for p in module.policy.parameters():
+            p.add_(0.05 * torch.randn_like(p, generator=torch.Generator().manual_seed(p.numel())))
+    before = params_of(module.policy)
+    loader = DataLoader(Subset(RandomPairs(8, seed=2), indices), batch_size=batch_size, collate_fn=collate_pairs)
+    callback = DynamicBetaCallback(ConstantBetaController(beta=0.5))
+    trainer = quiet_trainer(tmp_path, 1, [callback], accumulate_grad_batches=accumulate, limit_val_batches=0)
+    trainer.fit(module, loader)
+    return {key: value - before[key] for key, value in params_of(module.policy).items()}
+
+
+def test_unequal_micro_batches_weigh_as_the_mean_of_their_means(tmp_path):
+    """The documented accumulation semantics: Lightning divides each micro-batch's loss by the accumulation count N
+    and each micro-batch's loss is the mean over its kept pairs, so a kept pair of micro-batch j weighs
+    1 / (N · K_j). Micro-batches of 4 and 2 pairs: the step is ½ (step on the 4) + ½ (step on the 2), not the step
+    on the 6 pairs as one batch (where each pair weighs 1/6)."""
+    pairs = [0, 1, 2, 3, 4, 5]
+    accumulated = _sgd_delta(tmp_path / "acc", pairs, batch_size=4, accumulate=2)
+    first = _sgd_delta(tmp_path / "first", pairs[:4], batch_size=4, accumulate=1)
+    second = _sgd_delta(tmp_path / "second", pairs[4:], batch_size=2, accumulate=1)
+    whole = _sgd_delta(tmp_path / "whole", pairs, batch_size=6, accumulate=1)
+    differs = False
+    for key, delta in accumulated.items():
+        torch.testing.assert_close(delta, 0.5 * (first[key] + second[key]), rtol=1e-4, atol=1e-7, msg=key)
+        differs |= not torch.allclose(delta, whole[key], rtol=1e-3, atol=1e-6)
+    assert differs  # the two weightings are distinguishable on this data
+
+
 def test_beta_dpo_with_accumulation_updates_statistics_per_optimizer_step(tmp_path):
     pl.seed_everything(0)
     module = PreferenceModule(model_config=TINY_LLAMA, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2))

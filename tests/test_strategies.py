@@ -68,13 +68,16 @@ def _launch(tmp_path: Path, name: str, *args: str) -> dict:
     return json.loads(out.read_text())
 
 
-def test_resume_under_two_rank_ddp_continues_exactly(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_resume_on_two_ranks_continues_exactly(tmp_path, strategy):
     """4 steps uninterrupted against 2 steps, a checkpoint, and a resume to 4 on two ranks: the same pairs, losses,
-    β and final weights, bit for bit (the resume point is mid-epoch)."""
-    full = _launch(tmp_path, "full", "4")
-    first = _launch(tmp_path, "first", "2", "--save-dir", str(tmp_path / "ckpt"))
+    β and final weights, bit for bit (the resume point is mid-epoch). Under FSDP2 the checkpoint is sharded: each
+    rank writes and reads its shards of the policy and of the optimizer state."""
+    full = _launch(tmp_path, "full", "4", "--strategy", strategy)
+    first = _launch(tmp_path, "first", "2", "--strategy", strategy, "--save-dir", str(tmp_path / "ckpt"))
     (checkpoint,) = (tmp_path / "ckpt").glob("*step=2*.ckpt")
-    second = _launch(tmp_path, "second", "4", "--resume", str(checkpoint))
+    assert checkpoint.is_dir() == (strategy == "fsdp2")  # sharded: a folder of per-rank files
+    second = _launch(tmp_path, "second", "4", "--strategy", strategy, "--resume", str(checkpoint))
     assert first["pairs"] + second["pairs"] == full["pairs"]
     assert first["losses"] + second["losses"] == full["losses"]
     assert first["betas"] + second["betas"] == full["betas"]

@@ -1,7 +1,8 @@
 """β-DPO on two CPU ranks (DDP, gloo) with optional checkpointing and resume; rank 0 writes what it saw to JSON.
 
 Run as a script (Lightning's launcher re-runs it for rank 1):
-``python resume_two_ranks.py OUT.json MAX_STEPS [--save-dir DIR] [--resume CKPT]``.
+``python resume_two_ranks.py OUT.json MAX_STEPS [--strategy {ddp,fsdp2}] [--save-dir DIR] [--resume CKPT]``.
+Under ``fsdp2`` (``ModelParallelStrategy``) checkpoints are sharded (a folder per checkpoint).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.controllers import BetaDPOController
@@ -33,6 +35,7 @@ def main() -> None:
     parser.add_argument("max_steps", type=int)
     parser.add_argument("--save-dir")
     parser.add_argument("--resume")
+    parser.add_argument("--strategy", choices=("ddp", "fsdp2"), default="ddp")
     args = parser.parse_args()
     pl.seed_everything(0)
     module = PreferenceModule(model_config=TINY_LLAMA, optimizer=functools.partial(torch.optim.AdamW, lr=1e-2))
@@ -43,7 +46,9 @@ def main() -> None:
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=2,
-        strategy="ddp",
+        strategy=ModelParallelStrategy(data_parallel_size=2, tensor_parallel_size=1)
+        if args.strategy == "fsdp2"
+        else "ddp",
         max_steps=args.max_steps,
         callbacks=callbacks,
         logger=False,
@@ -54,12 +59,13 @@ def main() -> None:
     )
     # 20 pairs, 10 per rank, batches of 3: epochs of 4 batches, so step 2 is mid-epoch.
     trainer.fit(module, datamodule=RandomPairsData(size=20, batch_size=3), ckpt_path=args.resume)
+    params = [p.full_tensor() if hasattr(p, "full_tensor") else p for p in module.policy.parameters()]
     if trainer.global_rank == 0:
         result = {
             "losses": recorder.losses,
             "betas": [float(beta) for beta in check.betas],
             "pairs": recorder.pair_indices,
-            "params": [float(p.double().sum()) for p in module.policy.parameters()],
+            "params": [float(p.double().sum()) for p in params],
             "controller_steps": recorder.controller_states[-1]["steps"],
         }
         with open(args.out, "w") as f:
