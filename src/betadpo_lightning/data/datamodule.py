@@ -19,6 +19,7 @@ from betadpo_lightning.data.errors import PreferenceDataError
 from betadpo_lightning.data.formats import ColumnNames, FormatOption
 from betadpo_lightning.data.loader import eval_loader, resumable_train_loader
 from betadpo_lightning.data.loading import DataFiles, load_source, load_tokenizer, pick_split
+from betadpo_lightning.data.options import SYNTHETIC, check_options, check_positive
 from betadpo_lightning.data.pipeline import (
     TokenizationSpec,
     content_hash,
@@ -35,7 +36,6 @@ from betadpo_lightning.data.tokenize import BadRowPolicy
 from betadpo_lightning.data.truncation import TruncationLimits
 from betadpo_lightning.data.vocab_check import first_token_at_least, largest_token_id
 
-SYNTHETIC = "synthetic"
 TokenizerKwargs = dict[str, str | int | float | bool | None]
 
 
@@ -58,6 +58,8 @@ class PreferenceDataModule(LightningDataModule):
         val_split: Name of the validation split; a missing one means no validation, with a warning. Not used when
             ``val_fraction`` is set.
         val_fraction: Share of the training split held out for validation (drawn with ``seed``), in ``(0, 1)``.
+        test_split: Name of the split that ``test`` evaluates (``cli.py test``); ``None`` tests on the validation
+            split.
         prompt_column: Column holding the prompt (a string or a message list).
         chosen_column: Column holding the preferred response (a string or a message list).
         rejected_column: Column holding the dispreferred response (a string or a message list).
@@ -91,6 +93,7 @@ class PreferenceDataModule(LightningDataModule):
         train_split: str = "train",
         val_split: str | None = "validation",
         val_fraction: float | None = None,
+        test_split: str | None = None,
         prompt_column: str = "prompt",
         chosen_column: str = "chosen",
         rejected_column: str = "rejected",
@@ -112,8 +115,8 @@ class PreferenceDataModule(LightningDataModule):
         synthetic: SyntheticConfig | None = None,
     ) -> None:
         super().__init__()
-        _check_options(dataset, tokenizer, synthetic, val_fraction, format, chat_template, on_bad_row)
-        _check_positive(
+        check_options(dataset, tokenizer, synthetic, val_fraction, format, chat_template, on_bad_row)
+        check_positive(
             batch_size=batch_size,
             eval_batch_size=eval_batch_size,
             num_proc=num_proc,
@@ -127,6 +130,7 @@ class PreferenceDataModule(LightningDataModule):
         self.train_split = train_split
         self.val_split = val_split
         self.val_fraction = val_fraction
+        self.test_split = test_split
         self.tokenizer_name = tokenizer
         self.tokenizer_kwargs = dict(tokenizer_kwargs or {})
         self.batch_size = batch_size
@@ -173,7 +177,7 @@ class PreferenceDataModule(LightningDataModule):
         tokenized = self._tokenized_splits(tokenizer, warn=True)
         stats = {
             split: SplitStats.from_columns(data["status"], data["truncation"]).with_malformed_lines(
-                self._skipped_lines.get(self.train_split if split == "train" else str(self.val_split), 0)
+                self._skipped_lines.get(str(self._source_split(split)), 0)
             )
             for split, data in tokenized.items()
         }
@@ -215,9 +219,28 @@ class PreferenceDataModule(LightningDataModule):
         if "validation" not in self.splits:
             self._split("train")  # raises if setup has not run
             return []
+        return self._eval_loader("validation")
+
+    @override
+    def test_dataloader(self) -> DataLoader:
+        """The ``test_split``'s batches (the validation split's without one), served like validation batches.
+
+        Raises:
+            PreferenceDataError: when there is neither a test nor a validation split.
+        """
+        split = "test" if "test" in self.splits else "validation"
+        if split not in self.splits:
+            self._split("train")  # raises if setup has not run
+            raise PreferenceDataError(
+                f"nothing to test on: dataset '{self.dataset}' has no test split configured and no validation split; "
+                "set data.test_split, data.val_split or data.val_fraction"
+            )
+        return self._eval_loader(split)
+
+    def _eval_loader(self, split: str) -> DataLoader:
         replicas = self._replicas()
         return eval_loader(
-            self.splits["validation"],  # type: ignore[arg-type]
+            self.splits[split],  # type: ignore[arg-type]
             self.eval_batch_size,
             self._collate(),
             num_replicas=replicas["num_replicas"],
@@ -235,7 +258,7 @@ class PreferenceDataModule(LightningDataModule):
             else {"num_replicas": 1, "rank": 0}
         )
 
-    # ------------------------------------------------------------ precomputed reference values
+    # ------------------------------------------------------------ what models and caches check
     def token_id_beyond(self, vocab_size: int) -> str | None:
         """The first token id of the data (the padding id included) that ``vocab_size`` embedding rows cannot embed.
 
@@ -343,6 +366,10 @@ class PreferenceDataModule(LightningDataModule):
         self._skipped_lines = loaded.skipped_lines
         return loaded.splits
 
+    def _source_split(self, split: str) -> str | None:
+        """The source split behind ``"train"``, ``"validation"`` or ``"test"``."""
+        return {"train": self.train_split, "validation": self.val_split, "test": self.test_split}[split]
+
     def _tokenized_splits(self, tokenizer: PreTrainedTokenizerBase, warn: bool) -> dict[str, datasets.Dataset]:
         source = self._source()
         train = pick_split(source, self.train_split, self.dataset)
@@ -359,35 +386,7 @@ class PreferenceDataModule(LightningDataModule):
                 f"dataset '{self.dataset}' has no split '{self.val_split}' (available: {sorted(source)}); "
                 "training without validation (set val_split or val_fraction)"
             )
+        if self.test_split is not None:
+            raw = pick_split(source, self.test_split, self.dataset)
+            tokenized["test"] = tokenize_split(raw, tokenizer, self.spec, self.test_split, self.num_proc)
         return tokenized
-
-
-def _check_options(
-    dataset: str,
-    tokenizer: str | None,
-    synthetic: SyntheticConfig | None,
-    val_fraction: float | None,
-    format: str,
-    chat_template: object,
-    on_bad_row: str,
-) -> None:
-    if dataset != SYNTHETIC and tokenizer is None:
-        raise ValueError(f"dataset '{dataset}' needs a tokenizer (name or path); only 'synthetic' brings its own")
-    if dataset != SYNTHETIC and synthetic is not None:
-        raise ValueError(f"synthetic options were given, but dataset is '{dataset}', not 'synthetic'")
-    if val_fraction is not None and not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
-    choices: dict[str, tuple[object, tuple[object, ...]]] = {
-        "format": (format, ("auto", "standard", "conversational", "implicit")),
-        "chat_template": (chat_template, ("auto", True, False)),
-        "on_bad_row": (on_bad_row, ("error", "skip")),
-    }
-    for name, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
-
-
-def _check_positive(**values: int | None) -> None:
-    for name, value in values.items():
-        if value is not None and value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value}")
