@@ -114,7 +114,7 @@ def test_help_exits_cleanly(capsys):
 @pytest.mark.slow
 def test_quickstart_runs_end_to_end(tmp_path):
     args = ["fit", "--config", str(QUICKSTART), f"--data.cache_dir={tmp_path / 'cache'}"]
-    args += [f"--trainer.logger.init_args.save_dir={tmp_path}", f"--trainer.default_root_dir={tmp_path}"]
+    args += [f"--trainer.default_root_dir={tmp_path}"]
     args += ["--trainer.enable_progress_bar=false"]
     cli = main(args)
     trainer = cli.trainer
@@ -122,12 +122,17 @@ def test_quickstart_runs_end_to_end(tmp_path):
     metrics = trainer.callback_metrics
     assert metrics["val/rewards/accuracies"].item() > 0.7  # chance is 0.5
     assert torch.isfinite(metrics["train/loss"])
-    rows = list(csv.DictReader(next(tmp_path.glob("quickstart/version_*/metrics.csv")).open()))
+    rows = list(csv.DictReader(next(tmp_path.glob("logs/version_*/metrics.csv")).open()))
     accuracies = [float(r["val/rewards/accuracies"]) for r in rows if r.get("val/rewards/accuracies")]
     assert len(accuracies) == 3  # validation every 100 steps
     assert len([r for r in rows if r.get("train/beta")]) == 30  # every 10 optimizer steps
     assert len([r for r in rows if r.get("train/loss")]) == 30
-    assert list(tmp_path.glob("quickstart/version_*/checkpoints/*.ckpt"))
+    assert {p.name for p in tmp_path.glob("checkpoints/*.ckpt")} == {
+        "step=100.ckpt",
+        "step=200.ckpt",
+        "step=300.ckpt",
+        "last.ckpt",
+    }
 
 
 def test_print_config_shows_the_resolved_values(capsys):

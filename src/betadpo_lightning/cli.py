@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger
 from typing_extensions import override
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
@@ -25,6 +27,10 @@ class BetaDPOCLI(LightningCLI):
     ``init_args``) and ``data``, the YAML has ``dynamic_beta`` for :class:`DynamicBetaCallback`, whose
     ``controller`` is chosen by ``class_path`` (``BetaDPOController`` by default, ``ConstantBetaController``,
     ...). ``dynamic_beta: null`` trains without the callback (fixed ``model.beta``; the module logs the metrics).
+
+    Without a ``trainer.logger``, metrics go to a CSV logger in ``<trainer.default_root_dir>/logs/version_N/``, so
+    ``--trainer.default_root_dir`` moves the logs together with the checkpoints of
+    :class:`~betadpo_lightning.callbacks.PreferenceCheckpoint` (``<default_root_dir>/checkpoints``).
 
     Written once: β0 is ``model.beta`` (linked into the controller's ``beta``); the tokenizer is the model's
     (``model.model_name_or_path``) unless ``data.tokenizer`` names another one.
@@ -63,6 +69,9 @@ class BetaDPOCLI(LightningCLI):
         skip = {DYNAMIC_BETA} if getattr(self, "beta_callback_disabled", False) else set()
         callbacks = [self._get(self.config_init, key) for key in keys if key not in skip]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if trainer_config.get("logger") in (None, True):  # the default logger follows default_root_dir
+            root = trainer_config.get("default_root_dir") or os.getcwd()
+            trainer_config["logger"] = CSVLogger(save_dir=root, name="logs")
         return self._instantiate_trainer(trainer_config, callbacks)
 
     def _section(self) -> Any:
