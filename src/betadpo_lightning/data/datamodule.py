@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from pathlib import Path
+from typing import Any
 
 import datasets
 from lightning.pytorch import LightningDataModule
@@ -28,7 +29,7 @@ from betadpo_lightning.data.pipeline import (
     tokenize_split,
     tokenizer_fingerprint,
 )
-from betadpo_lightning.data.render import ChatTemplateOption
+from betadpo_lightning.data.render import ChatTemplateOption, check_template_kwargs
 from betadpo_lightning.data.stats import SplitStats, log_stats
 from betadpo_lightning.data.synthetic import SyntheticConfig, split_files, synthetic_dir, write_synthetic_dataset
 from betadpo_lightning.data.synthetic.files import TOKENIZER_FOLDER
@@ -70,6 +71,8 @@ class PreferenceDataModule(LightningDataModule):
         tokenizer_kwargs: Extra arguments of ``AutoTokenizer.from_pretrained`` (e.g. ``{"revision": "main"}``).
         chat_template: Render rows with the tokenizer's chat template: ``"auto"`` for message lists only, ``True``
             also for standard string rows (prompt as a user turn, responses as assistant turns), ``False`` never.
+        chat_template_kwargs: Extra variables for the chat template, e.g. ``{"enable_thinking": False}`` for Qwen3
+            (see :mod:`betadpo_lightning.data.boundary`).
         max_length: Most tokens of prompt + response per row (``None``: no limit).
         max_prompt_length: Most prompt tokens, cut from the left (``None``: only ``max_length`` applies).
         min_response_length: Response tokens the prompt is cut further to make room for.
@@ -101,6 +104,7 @@ class PreferenceDataModule(LightningDataModule):
         tokenizer: str | None = None,
         tokenizer_kwargs: TokenizerKwargs | None = None,
         chat_template: ChatTemplateOption = "auto",
+        chat_template_kwargs: dict[str, Any] | None = None,
         max_length: int | None = 1024,
         max_prompt_length: int | None = 512,
         min_response_length: int = 1,
@@ -147,6 +151,7 @@ class PreferenceDataModule(LightningDataModule):
             chat_template=chat_template,
             limits=TruncationLimits(max_length, max_prompt_length, min_response_length),
             on_bad_row=on_bad_row,
+            chat_template_kwargs=check_template_kwargs(chat_template_kwargs),
         )
         self.tokenizer: PreTrainedTokenizerBase | None = None
         """The tokenizer, with a pad token; set by :meth:`setup`."""
@@ -176,7 +181,7 @@ class PreferenceDataModule(LightningDataModule):
         tokenizer = self._load_tokenizer(warn=True)
         tokenized = self._tokenized_splits(tokenizer, warn=True)
         stats = {
-            split: SplitStats.from_columns(data["status"], data["truncation"]).with_malformed_lines(
+            split: SplitStats.from_tokenized(data, tokenizer.unk_token_id).with_malformed_lines(
                 self._skipped_lines.get(str(self._source_split(split)), 0)
             )
             for split, data in tokenized.items()

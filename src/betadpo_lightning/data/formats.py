@@ -3,9 +3,14 @@
 Three formats are understood:
 
 * ``"standard"``: ``prompt``, ``chosen`` and ``rejected`` are strings; the responses continue the prompt.
-* ``"conversational"``: ``chosen`` and ``rejected`` are message lists (``[{"role": ..., "content": ...}]``), rendered
-  with the tokenizer's chat template; ``prompt`` is a string (one user turn) or a message list, and each response
-  is either the full conversation starting with the prompt messages or only the turn(s) that follow the prompt.
+* ``"conversational"``: rendered with the tokenizer's chat template. ``prompt`` is a string (one user turn) or a
+  message list; ``chosen`` and ``rejected`` are message lists, single message dicts or strings (one assistant turn;
+  only with a message-list prompt). A response list is either the full conversation starting with the prompt
+  messages or only the turn(s) that follow the prompt. Messages are ``{"role", "content"}`` or ShareGPT
+  ``{"from", "value"}`` dicts (see :mod:`betadpo_lightning.data.messages`). LLaMA-Factory's ShareGPT preference
+  layout (``conversations`` holding the prompt turns, ``chosen``/``rejected`` single ``{"from": "gpt", ...}``
+  messages) is recognised: without the configured prompt column, a ``conversations`` column of message lists is the
+  prompt.
 * ``"implicit"``: there is no prompt column; the prompt is the part that ``chosen`` and ``rejected`` share (see
   :mod:`betadpo_lightning.data.implicit`). The values are strings (Anthropic HH style) or message lists.
 """
@@ -17,10 +22,27 @@ from dataclasses import dataclass
 from typing import Literal
 
 from betadpo_lightning.data.errors import PreferenceDataError
+from betadpo_lightning.data.messages import Message, as_messages
+
+__all__ = [
+    "SHAREGPT_PROMPT_COLUMN",
+    "ColumnNames",
+    "DataFormat",
+    "FormatOption",
+    "Message",
+    "ResolvedFormat",
+    "as_messages",
+    "as_text",
+    "check_columns",
+    "resolve_format",
+]
 
 DataFormat = Literal["standard", "conversational", "implicit"]
 FormatOption = Literal["auto", "standard", "conversational", "implicit"]
-Message = dict[str, str]
+ValueKind = Literal["text", "messages", "message"]
+
+SHAREGPT_PROMPT_COLUMN = "conversations"
+"""The column that holds the prompt turns in LLaMA-Factory's ShareGPT layout; used when the prompt column is absent."""
 
 _SAMPLE_ROWS = 100
 
@@ -46,27 +68,52 @@ class ResolvedFormat:
 
     Args:
         format: How the prompt is obtained and how the values are shaped.
-        messages: Whether ``chosen``/``rejected`` are message lists (always true for ``"conversational"``).
+        messages: Whether rows are read as messages (always true for ``"conversational"``; for ``"implicit"``,
+            whether ``chosen``/``rejected`` are message lists).
+        prompt: The column the prompt is read from when it is not the configured one (``"conversations"`` for
+            LLaMA-Factory's ShareGPT layout), else ``None``.
     """
 
     format: DataFormat
     messages: bool
+    prompt: str | None = None
 
 
-def _value_kind(values: Sequence[object], column: str) -> Literal["text", "messages"]:
-    """Kind of the first string or list among ``values``; other values are left to the row checks."""
+def _value_kind(values: Sequence[object], column: str) -> ValueKind:
+    """Kind of the first string, list or dict among ``values``; other values are left to the row checks."""
     for value in values:
-        if isinstance(value, str):
-            return "text"
-        if isinstance(value, list):
-            return "messages"
+        kind = _kind(value)
+        if kind is not None:
+            return kind
     found = sorted({type(value).__name__ for value in values})
     raise PreferenceDataError(
-        f"expected strings or lists of {{'role', 'content'}} messages in column '{column}', "
+        f"expected strings, lists of {{'role', 'content'}} messages or single message dicts in column '{column}', "
         f"found only {found} in its first {len(values)} rows",
         field=column,
         reason="not_text",
     )
+
+
+def _kind(value: object) -> ValueKind | None:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "messages"
+    return "message" if isinstance(value, dict) else None
+
+
+def _first_kind(values: Sequence[object]) -> ValueKind | None:
+    return next((kind for kind in map(_kind, values) if kind is not None), None)
+
+
+def _prompt_column(columns: dict[str, list[object]], names: ColumnNames) -> str | None:
+    """The configured prompt column, else a ``conversations`` column of message lists, else ``None``."""
+    if names.prompt in columns:
+        return names.prompt
+    sharegpt = columns.get(SHAREGPT_PROMPT_COLUMN)
+    if sharegpt is not None and _first_kind(sharegpt[:_SAMPLE_ROWS]) == "messages":
+        return SHAREGPT_PROMPT_COLUMN
+    return None
 
 
 def check_columns(available: Sequence[str], required: Sequence[str]) -> None:
@@ -94,8 +141,10 @@ def resolve_format(
 ) -> ResolvedFormat:
     """Detect (or check a forced) format from the first rows of a split.
 
-    A split with a prompt column is ``"standard"`` when its responses are strings and ``"conversational"`` when
-    they are message lists; a split without one is ``"implicit"``. A forced ``"implicit"`` ignores a prompt column.
+    The prompt column is the configured one, or, when the data has none, a ``conversations`` column of message lists
+    (LLaMA-Factory's ShareGPT layout). A split with a prompt column is ``"conversational"`` when its responses are
+    message lists or single messages, or its prompts are message lists, and ``"standard"`` otherwise; a split without
+    one is ``"implicit"``. A forced ``"implicit"`` ignores a prompt column.
 
     Args:
         columns: The first rows of the split, column-wise (e.g. ``dataset[:100]``).
@@ -107,17 +156,34 @@ def resolve_format(
 
     Raises:
         PreferenceDataError: If a column is missing, or the values do not fit the requested format.
+
+    Examples:
+        >>> sharegpt = {"conversations": [[{"from": "human", "value": "Hi"}]],
+        ...             "chosen": [{"from": "gpt", "value": "Hello!"}], "rejected": [{"from": "gpt", "value": "Go."}]}
+        >>> resolve_format(sharegpt, ColumnNames())
+        ResolvedFormat(format='conversational', messages=True, prompt='conversations')
     """
     check_columns(list(columns), [names.chosen, names.rejected])
     kind = _value_kind(columns[names.chosen][:_SAMPLE_ROWS], names.chosen)
+    prompt = _prompt_column(columns, names)
+    prompt_kind = _first_kind(columns[prompt][:_SAMPLE_ROWS]) if prompt is not None else None
     fmt: DataFormat
     if requested != "auto":
         fmt = requested
-    elif names.prompt not in columns:
+    elif prompt is None:
         fmt = "implicit"
     else:
-        fmt = "conversational" if kind == "messages" else "standard"
-    if fmt != "implicit":
+        fmt = "conversational" if kind != "text" or prompt_kind == "messages" else "standard"
+    if fmt == "implicit":
+        if kind == "message":
+            raise PreferenceDataError(
+                f"single messages in '{names.chosen}' need a prompt column ('{names.prompt}' or "
+                f"'{SHAREGPT_PROMPT_COLUMN}'); the implicit-prompt format takes whole conversations or transcripts",
+                field=names.chosen,
+                reason="bad_messages",
+            )
+        return ResolvedFormat(format=fmt, messages=kind == "messages")
+    if prompt is None or (fmt == "standard" and prompt != names.prompt):
         check_columns(list(columns), [names.prompt])
     if fmt == "standard" and kind != "text":
         raise PreferenceDataError(
@@ -125,13 +191,16 @@ def resolve_format(
             field=names.chosen,
             reason="not_text",
         )
-    if fmt == "conversational" and kind != "messages":
+    if fmt == "conversational" and kind == "text" and prompt_kind != "messages":
         raise PreferenceDataError(
-            f"format 'conversational' expects message lists in '{names.chosen}', found strings (use 'standard')",
+            f"format 'conversational' expects message lists in '{names.chosen}' (or in '{prompt}'), found strings "
+            "(use 'standard')",
             field=names.chosen,
             reason="bad_messages",
         )
-    return ResolvedFormat(format=fmt, messages=kind == "messages")
+    return ResolvedFormat(
+        format=fmt, messages=fmt == "conversational", prompt=None if prompt == names.prompt else prompt
+    )
 
 
 def as_text(value: object, row: int, field: str) -> str:
@@ -161,51 +230,3 @@ def as_text(value: object, row: int, field: str) -> str:
             f"expected a non-empty string, got {value!r}", row=row, field=field, reason="empty_text"
         )
     return value
-
-
-def as_messages(value: object, row: int, field: str) -> list[Message]:
-    """Validate a message list and return it with ``None``-valued keys removed.
-
-    Args:
-        value: The raw field value.
-        row: Index of the row in its source split (for the error message).
-        field: Column name (for the error message).
-
-    Returns:
-        The messages, each a dict with at least a non-empty string ``role`` and a string ``content``.
-
-    Raises:
-        PreferenceDataError: If the value is not a non-empty list of such messages.
-    """
-    if value is None:
-        raise PreferenceDataError(
-            "expected a list of messages, got a missing value (None)", row=row, field=field, reason="missing_value"
-        )
-    if not isinstance(value, list) or not value:
-        shown = "an empty list" if isinstance(value, list) else type(value).__name__
-        raise PreferenceDataError(
-            f"expected a non-empty list of {{'role', 'content'}} messages, got {shown}",
-            row=row,
-            field=field,
-            reason="bad_messages",
-        )
-    messages: list[Message] = []
-    for position, message in enumerate(value):
-        if not isinstance(message, dict):
-            raise PreferenceDataError(
-                f"message {position}: expected a dict with 'role' and 'content', got {type(message).__name__}",
-                row=row,
-                field=field,
-                reason="bad_messages",
-            )
-        cleaned = {key: item for key, item in message.items() if item is not None}
-        role, content = cleaned.get("role"), cleaned.get("content")
-        if not isinstance(role, str) or not role or not isinstance(content, str):
-            raise PreferenceDataError(
-                f"message {position}: expected a string 'role' and a string 'content', got {message!r}",
-                row=row,
-                field=field,
-                reason="bad_messages",
-            )
-        messages.append(cleaned)
-    return messages

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import datasets
 import pyarrow.compute as pc
@@ -19,7 +21,7 @@ from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
 import betadpo_lightning
-from betadpo_lightning.data import formats, implicit, render, tokenize, truncation
+from betadpo_lightning.data import boundary, formats, implicit, messages, render, tokenize, truncation
 from betadpo_lightning.data.formats import ColumnNames, FormatOption, resolve_format
 from betadpo_lightning.data.render import ChatTemplateOption, PairRenderer
 from betadpo_lightning.data.tokenize import STATUS_OK, TOKENIZED_FEATURES, BadRowPolicy, PairTokenizer
@@ -39,6 +41,7 @@ class TokenizationSpec:
         chat_template: ``"auto"``, ``True`` or ``False``.
         limits: Truncation limits.
         on_bad_row: ``"error"`` or ``"skip"``.
+        chat_template_kwargs: Extra variables for the chat template (e.g. ``{"enable_thinking": False}``).
     """
 
     names: ColumnNames
@@ -46,12 +49,14 @@ class TokenizationSpec:
     chat_template: ChatTemplateOption = "auto"
     limits: TruncationLimits = field(default_factory=TruncationLimits)
     on_bad_row: BadRowPolicy = "error"
+    chat_template_kwargs: Mapping[str, Any] | None = None
 
 
 def code_fingerprint() -> str:
     """Hash of the source code that turns rows into tokenized pairs (of the package version without sources)."""
     try:
-        return Hasher.hash([inspect.getsource(module) for module in (formats, implicit, render, tokenize, truncation)])
+        modules = (boundary, formats, implicit, messages, render, tokenize, truncation)
+        return Hasher.hash([inspect.getsource(module) for module in modules])
     except OSError:
         return Hasher.hash(["betadpo_lightning", betadpo_lightning.__version__])
 
@@ -97,7 +102,7 @@ def tokenize_split(
             ``on_bad_row="error"``) a row is bad.
     """
     fmt = resolve_format(raw[:_FORMAT_SAMPLE], spec.names, spec.format)
-    renderer = PairRenderer(tokenizer, fmt, spec.names, spec.chat_template)
+    renderer = PairRenderer(tokenizer, fmt, spec.names, spec.chat_template, spec.chat_template_kwargs)
     function = PairTokenizer(tokenizer, renderer, spec.limits, spec.on_bad_row)
     fingerprint = Hasher.hash(
         [

@@ -2,20 +2,25 @@
 
 Conversational rows are rendered with the tokenizer's chat template: the prompt messages with
 ``add_generation_prompt=True``, and each response as the text that the full conversation (prompt messages +
-response messages) adds after the rendered prompt. A template whose rendered prompt is not a prefix of the rendered
-conversation cannot give an exact boundary, so such a row is an error.
+response messages) adds after the rendered prompt (:func:`~betadpo_lightning.data.boundary.response_after_prompt`,
+which also handles generation prompts that open a reasoning block). Extra template variables (e.g.
+``{"enable_thinking": False}`` for Qwen3) are passed to every rendering. A row whose renderings cannot be joined at an
+exact boundary is an error.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from betadpo_lightning.data.boundary import check_reasoning_kept, response_after_prompt
 from betadpo_lightning.data.errors import PreferenceDataError
-from betadpo_lightning.data.formats import ColumnNames, Message, ResolvedFormat, as_messages, as_text
+from betadpo_lightning.data.formats import ColumnNames, ResolvedFormat, as_text
 from betadpo_lightning.data.implicit import (
     check_assistant_turns,
     check_response_content,
@@ -23,8 +28,10 @@ from betadpo_lightning.data.implicit import (
     split_implicit_messages,
     split_implicit_text,
 )
+from betadpo_lightning.data.messages import Message, as_messages, as_response
 
 ChatTemplateOption = bool | Literal["auto"]
+TemplateKwargs = Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,10 @@ class PairRenderer:
         fmt: The resolved format of the split.
         names: The preference column names.
         chat_template: ``"auto"``, ``True`` or ``False`` (see :func:`uses_chat_template`).
+        chat_template_kwargs: Extra variables for the chat template (see :func:`check_template_kwargs`).
+
+    Raises:
+        PreferenceDataError: If the rows cannot be rendered with this tokenizer and these options.
     """
 
     def __init__(
@@ -95,11 +106,13 @@ class PairRenderer:
         fmt: ResolvedFormat,
         names: ColumnNames,
         chat_template: ChatTemplateOption = "auto",
+        chat_template_kwargs: TemplateKwargs | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.fmt = fmt
-        self.names = names
+        self.names = replace(names, prompt=fmt.prompt) if fmt.prompt is not None else names
         self.use_template = uses_chat_template(tokenizer, fmt, chat_template)
+        self.template_kwargs = check_template_kwargs(chat_template_kwargs)
 
     def render(self, row: dict[str, object], index: int) -> RenderedPair:
         """Render one raw row.
@@ -137,8 +150,9 @@ class PairRenderer:
 
     def _render_messages(self, row: dict[str, object], index: int) -> RenderedPair:
         names = self.names
-        chosen = as_messages(row.get(names.chosen), index, names.chosen)
-        rejected = as_messages(row.get(names.rejected), index, names.rejected)
+        read = as_messages if self.fmt.format == "implicit" else as_response
+        chosen = read(row.get(names.chosen), index, names.chosen)
+        rejected = read(row.get(names.rejected), index, names.rejected)
         _check_distinct(chosen, rejected, index, names)
         if self.fmt.format == "implicit":
             prompt, chosen, rejected = split_implicit_messages(chosen, rejected, index, names)
@@ -165,7 +179,9 @@ class PairRenderer:
 
     def _apply(self, messages: list[Message], index: int, field: str, generation_prompt: bool) -> str:
         try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt, tokenize=False)
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=generation_prompt, tokenize=False, **self.template_kwargs
+            )
         except TemplateError as error:
             raise PreferenceDataError(
                 f"the chat template of '{self.tokenizer.name_or_path}' failed: {error}",
@@ -184,17 +200,46 @@ class PairRenderer:
         responses = []
         for field, response in ((self.names.chosen, chosen), (self.names.rejected, rejected)):
             full = self._apply(prompt + response, index, field, generation_prompt=False)
-            if not full.startswith(prompt_text):
-                raise PreferenceDataError(
-                    "the chat template's rendered prompt (with add_generation_prompt=True) is not a prefix of the "
-                    f"rendered conversation, so the response boundary is not exact; prompt ends {prompt_text[-60:]!r}, "
-                    f"conversation has {full[max(0, len(prompt_text) - 60) : len(prompt_text) + 20]!r} there",
-                    row=index,
-                    field=field,
-                    reason="template_mismatch",
-                )
-            responses.append(full[len(prompt_text) :])
+            text = response_after_prompt(prompt_text, full, index, field)
+            check_reasoning_kept(response, text, index, field)
+            responses.append(text)
         return RenderedPair(prompt_text, responses[0], responses[1])
+
+
+_PASSED_ARGUMENTS = frozenset({"tools", "documents"})  # arguments of apply_chat_template that may be given
+
+
+def check_template_kwargs(kwargs: TemplateKwargs | None) -> dict[str, Any]:
+    """Check extra chat template variables, which are passed to ``apply_chat_template`` as keyword arguments.
+
+    Transformers hands keyword arguments it does not know to the template as variables, as Qwen3's
+    ``enable_thinking`` is given; ``tools`` and ``documents`` are passed on as well. ``messages`` and the other
+    arguments of ``apply_chat_template`` (``tokenize``, ``add_generation_prompt``, ...), which the renderer sets, are
+    refused.
+
+    Args:
+        kwargs: Variable name → value, or ``None``.
+
+    Returns:
+        The variables as a new dict (empty for ``None``).
+
+    Raises:
+        PreferenceDataError: Naming a refused variable.
+
+    Examples:
+        >>> check_template_kwargs({"enable_thinking": False})
+        {'enable_thinking': False}
+    """
+    variables = dict(kwargs or {})
+    own = set(inspect.signature(PreTrainedTokenizerBase.apply_chat_template).parameters) - {"self", "kwargs"}
+    refused = (own - _PASSED_ARGUMENTS) | {"messages"}
+    for name in variables:
+        if not isinstance(name, str) or name in refused:
+            raise PreferenceDataError(
+                f"chat_template_kwargs cannot set {name!r}: it is an argument of apply_chat_template or set by the "
+                "renderer; expected template variables such as 'enable_thinking'"
+            )
+    return variables
 
 
 def _check_distinct(chosen: object, rejected: object, index: int, names: ColumnNames) -> None:
