@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import gc
 from typing import Any
 
 import torch
@@ -128,7 +129,8 @@ def close_process_group_at_exit() -> None:
 
     Lightning does this for NCCL only. A Gloo process group still alive when the interpreter shuts down can be torn
     down while its threads run, which aborts the process ("terminate called without an active exception") after a
-    successful run: a spawned rank then fails its launcher.
+    successful run: a spawned rank then fails its launcher. The groups that objects still reference (FSDP2's
+    module state does) are released by a garbage collection right after, for the same reason.
     """
     global _CLOSE_REGISTERED
     if _CLOSE_REGISTERED or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
@@ -138,5 +140,8 @@ def close_process_group_at_exit() -> None:
     def close() -> None:
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+        # FSDP2's module state still holds the groups; collect them now, while the interpreter can run their
+        # destructors, rather than during finalization (where Gloo's worker threads abort the process).
+        gc.collect()
 
     atexit.register(close)
