@@ -18,7 +18,7 @@ from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.module import PreferenceModule
 
 ROOT = Path(__file__).parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.stem.endswith("_sft"))  # SFT: test_sft.py
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 ON_CPU = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.strategy=auto", "--trainer.num_nodes=1"]
 ON_CPU += ["--trainer.precision=32-true", "--trainer.logger=false"]

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from betadpo_lightning.hub import hub_errors
 from betadpo_lightning.quantization import Quantization, bitsandbytes_config
 
 __all__ = [
@@ -53,6 +54,7 @@ def build_causal_lm(
     defaults: dict[str, Any] | None = None,
     quantization: Quantization | None = None,
     device: torch.device | str | None = None,
+    role: str = "policy",
 ) -> nn.Module:
     """A ``transformers`` causal LM from a hub name / local directory, or randomly initialised from a config.
 
@@ -68,6 +70,7 @@ def build_causal_lm(
         quantization: load the linear layers in ``"4bit"`` (NF4, double quantisation) or ``"8bit"`` through
             bitsandbytes; the output layer stays unquantised. Only for ``name_or_path``.
         device: where a quantised model is loaded (``None``: CPU).
+        role: what the model is for, named when ``name_or_path`` cannot be found (e.g. ``"reference model"``).
 
     Returns:
         The model.
@@ -75,6 +78,8 @@ def build_causal_lm(
     Raises:
         ValueError: unless exactly one of ``name_or_path`` / ``config`` is given, without ``model_type``, or for a
             quantised ``config`` model.
+        HubUnavailableError: when ``name_or_path`` is neither a local path nor in the cache or on a reachable hub
+            (:mod:`~betadpo_lightning.hub`; with the hub unreachable only the cache is tried, without retries).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -92,7 +97,10 @@ def build_causal_lm(
     if name_or_path is not None:
         if torch_dtype is not None:
             kwargs["dtype"] = torch_dtype
-        return AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+        with hub_errors(name_or_path, role) as unreachable:
+            if unreachable:  # the cache only; the adapter look-up of `transformers` needs its own switch
+                kwargs.update(local_files_only=True, adapter_kwargs={"local_files_only": True})
+            return AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
     assert config is not None
     values = {**(defaults or {}), **config}
     if "model_type" not in values:

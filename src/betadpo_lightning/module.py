@@ -10,13 +10,12 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
-from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
 from typing_extensions import override
 
 from betadpo_lightning.callbacks.protocol import BetaProvider, static_decision
 from betadpo_lightning.callbacks.reporting import PreferenceReporter
 from betadpo_lightning.checks import check_batch, check_weights_finite
+from betadpo_lightning.evaluation import PreferenceEvaluation
 from betadpo_lightning.losses import PAIR_LOSSES, mallows_weight, pair_margins
 from betadpo_lightning.metrics import MeanOfSums
 from betadpo_lightning.model_building import PolicyAndReference
@@ -25,11 +24,11 @@ from betadpo_lightning.models import (
     LoraOptions,
 )
 from betadpo_lightning.nonfinite import NonFiniteGuard, NonFinitePolicy
+from betadpo_lightning.optimization import build_optimization
 from betadpo_lightning.pair_forward import ModelPair, PairForward
 from betadpo_lightning.parallel import close_process_group_at_exit
 from betadpo_lightning.quantization import Quantization
 from betadpo_lightning.reference import FrozenReference, NoReference, ReferenceProvider
-from betadpo_lightning.schedulers import LinearWarmup
 from betadpo_lightning.types import PairData, check_extras
 
 __all__ = ["PreferenceModule"]
@@ -38,7 +37,7 @@ LossType = Literal["sigmoid", "robust", "ipo", "hinge", "mallows_theta", "mallow
 HeadOption = Literal["auto", "full"]
 
 
-class PreferenceModule(PolicyAndReference):
+class PreferenceModule(PreferenceEvaluation, PolicyAndReference):
     """A trainable policy and a reference, one concatenated forward over the ``(2B, T)`` batch per model.
 
     The reference comes from a :mod:`~betadpo_lightning.reference` provider: a frozen copy (default), the policy
@@ -53,7 +52,9 @@ class PreferenceModule(PolicyAndReference):
     Without a β provider (see :mod:`betadpo_lightning.callbacks.protocol`) it trains with the fixed ``beta`` and
     logs the preference metrics itself; with :class:`~betadpo_lightning.callbacks.DynamicBetaCallback` the
     callback's controller decides β and the pairs kept, and the callback logs those metrics. ``train/loss`` is
-    always logged here, as a mean over the logging window.
+    always logged here, as a mean over the logging window. Validation and test (``trainer.test``, ``cli.py test``)
+    compute the same loss and metrics with the fixed β0, under ``val/`` and ``test/``
+    (:mod:`~betadpo_lightning.evaluation`).
 
     Args:
         model_name_or_path: hub name or local directory of the policy.
@@ -262,39 +263,13 @@ class PreferenceModule(PolicyAndReference):
         if stage == "train":
             self._guard.observe(torch.isfinite(loss).reshape(1), None, "loss")
             self.reporter.update_scalars({"loss": loss})
-        else:  # the mean over every pair of the epoch, one sum-reduction at its end: exact whatever the batching
-            # (Lightning's own `sync_dist` epoch mean averages the integer pair counts with a floor division)
-            self.eval_loss.update(per_pair[decision.keep])
-            self.log(f"{stage}/loss", self.eval_loss, on_step=False, on_epoch=True)
+        else:
+            self._log_evaluation_loss(per_pair[decision.keep], stage)
         return {"loss": loss}
-
-    def _evaluated_pairs(
-        self, batch: dict[str, Tensor], pairs: PairData, margins: Tensor, finite: Tensor, stage: str
-    ) -> tuple[PairData, Tensor]:
-        """The pairs an evaluation counts: not the padding that evens out the ranks, not a non-finite pair.
-
-        Non-finite pairs are counted in ``{stage}/nonfinite_pairs`` (summed over the epoch and the ranks).
-        """
-        padding = batch.get("is_padding", torch.zeros_like(finite))  # (B,)
-        self.log(
-            f"{stage}/nonfinite_pairs",
-            (~finite & ~padding).sum().float(),
-            on_step=False,
-            on_epoch=True,
-            reduce_fx="sum",
-            sync_dist=True,
-            batch_size=len(pairs),
-        )
-        keep = finite & ~padding
-        return pairs.subset(keep), margins[keep]
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
         return self._step(batch, "train")
-
-    @override
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
-        return self._step(batch, "val")
 
     # ----------------------------------------------------------------- logging
     @override
@@ -305,15 +280,6 @@ class PreferenceModule(PolicyAndReference):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.reporter.log_train_if_due(self.trainer, self, prog_bar=("loss",), pairs=self.beta_provider is None):
             self.log("train/skipped_steps", float(self._guard.skipped), on_step=True, on_epoch=False, batch_size=1)
-
-    @override
-    def on_validation_start(self) -> None:
-        self.reporter.to(self.device).reset_validation()
-
-    @override
-    def on_validation_epoch_end(self) -> None:
-        if self.beta_provider is None:
-            self.reporter.log_validation(self.trainer, self)
 
     # --------------------------------------------------------------- optimizer
     @override
@@ -336,23 +302,14 @@ class PreferenceModule(PolicyAndReference):
         if not self.skipping_step:  # a skipped optimizer step does not advance the schedule either
             super().lr_scheduler_step(scheduler, metric)
 
-    # --------------------------------------------------------------- optimizer
     @override
     def configure_optimizers(self) -> dict[str, Any]:
         if self.policy is None:
             raise RuntimeError("`configure_model()` must run before `configure_optimizers()`.")
+        known = self.scheduler_factory is None and self._trainer is not None  # only the default schedule needs it
+        total = self.trainer.estimated_stepping_batches if known else float("inf")
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        if self.optimizer_factory is None:
-            optimizer: Optimizer = torch.optim.AdamW(params, lr=1e-6, weight_decay=0.0)
-        else:
-            optimizer = self.optimizer_factory(params)
-        if self.scheduler_factory is None:
-            total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
-            warmup = 0 if total == float("inf") else int(0.1 * total)
-            scheduler: LRScheduler = LinearWarmup(optimizer, warmup_steps=warmup)
-        else:
-            scheduler = self.scheduler_factory(optimizer)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return build_optimization(params, self.optimizer_factory, self.scheduler_factory, total)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

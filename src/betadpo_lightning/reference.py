@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from betadpo_lightning.hub import hub_errors
 from betadpo_lightning.models import freeze
 from betadpo_lightning.quantization import QUANTIZATIONS, Quantization
 
@@ -35,6 +36,9 @@ __all__ = [
     "ReferenceProvider",
     "eval_mode",
 ]
+
+REFERENCE_ROLE = "reference model"
+"""How a reference checkpoint that cannot be found is named (:class:`~betadpo_lightning.hub.HubUnavailableError`)."""
 
 REFERENCE_BATCH_KEYS: tuple[str, str] = ("reference_logps", "reference_entropy")
 """Batch fields of a precomputed reference, ``(2B,)`` each in row order: summed log-probs, and (optional) the
@@ -172,10 +176,12 @@ class FrozenReference(ReferenceProvider):
                     "A quantised FrozenReference is loaded from a checkpoint: set its `name_or_path`, or load the "
                     "policy from one (`model_name_or_path`)."
                 )
-            return freeze(load(source, quantization=self.quantization))
+            with hub_errors(source, REFERENCE_ROLE):
+                return freeze(load(source, quantization=self.quantization))
         if self.name_or_path is None:
             return copy(policy)
-        return freeze(load(self.name_or_path))
+        with hub_errors(self.name_or_path, REFERENCE_ROLE):
+            return freeze(load(self.name_or_path))
 
     @contextlib.contextmanager
     def model(self, policy: nn.Module, reference: nn.Module | None) -> Iterator[nn.Module]:
@@ -241,7 +247,8 @@ class PrecomputedReference(ReferenceProvider):
         """Compute or read the cache and attach it to the datamodule (see :mod:`~betadpo_lightning.reference_cache`)."""
         from betadpo_lightning.reference_cache import prepare_reference_cache
 
-        prepare_reference_cache(module, trainer, self.cache_dir, self.name_or_path, self.batch_size, entropy, load)
+        with hub_errors(self.name_or_path, REFERENCE_ROLE):
+            prepare_reference_cache(module, trainer, self.cache_dir, self.name_or_path, self.batch_size, entropy, load)
 
     def rows(self, batch: dict[str, Tensor], entropy: bool) -> tuple[Tensor, Tensor | None]:
         """The batch's ``reference_logps`` and, if asked, ``reference_entropy``.

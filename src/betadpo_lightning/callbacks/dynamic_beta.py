@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from betadpo_lightning.callbacks.gather import gather_pairs
 from betadpo_lightning.callbacks.protocol import BetaDecision, static_decision
-from betadpo_lightning.callbacks.reporting import PreferenceReporter
+from betadpo_lightning.callbacks.reporting import PreferenceReporter, evaluation_stage
 from betadpo_lightning.controllers import BetaController, BetaDPOController
 from betadpo_lightning.losses import pair_margins
 from betadpo_lightning.parallel import close_process_group_at_exit
@@ -32,14 +32,14 @@ class DynamicBetaCallback(Callback):
     micro-batch of every optimizer step it calls the controller's ``on_optimizer_step``. The controller's state is
     saved in and restored from checkpoints.
 
-    Validation never changes the controller and runs no collective per batch: its loss uses the fixed base β0
-    (``controller.beta``) and keeps every pair, so ``val/loss`` does not depend on how validation is batched or on
-    the number of ranks.
+    Evaluation (validation and test) never changes the controller and runs no collective per batch: its loss uses
+    the fixed base β0 (``controller.beta``) and keeps every pair, so ``val/loss`` and ``test/loss`` do not depend on
+    how the evaluation is batched or on the number of ranks.
 
     Logged (window means, see :mod:`~.callbacks.reporting`): ``train/beta`` and ``train/beta/<stat>`` for every
     statistic the controller reports (β-DPO: ``gap_mean``, ``gap_std``, ``m0``, ``sigma``, ``kept_fraction``), and
-    through torchmetrics (exact across ranks) ``{train,val}/rewards/{chosen, rejected, margins, accuracies}``,
-    ``{train,val}/logps/{chosen, rejected}`` and ``{train,val}/margins/{mean, std}``, with rewards
+    through torchmetrics (exact across ranks) ``{train,val,test}/rewards/{chosen, rejected, margins, accuracies}``,
+    ``{train,val,test}/logps/{chosen, rejected}`` and ``{train,val,test}/margins/{mean, std}``, with rewards
     ``β0·(log π − log π_ref)``.
 
     Args:
@@ -106,14 +106,19 @@ class DynamicBetaCallback(Callback):
 
     @override
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.reporter.to(pl_module.device).reset_validation()
+        self.reporter.to(pl_module.device).reset_evaluation("val")
+
+    @override
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.reporter.to(pl_module.device).reset_evaluation("test")
 
     # ---------------------------------------------------------------- decision
     def decide(self, pairs: PairData) -> BetaDecision:
         """β, keep-mask and normaliser for this rank's current batch; records the batch's metrics.
 
         In training it must be called once per batch on every rank (it gathers across ranks) and steps the
-        controller; in validation (and the sanity check) it returns the fixed-β0 decision and communicates nothing.
+        controller; in evaluation (validation, its sanity check, test) it returns the fixed-β0 decision and
+        communicates nothing.
 
         Args:
             pairs: this rank's pairs, ``(B,)`` fields, with the extras in :attr:`required_extras`.
@@ -126,8 +131,8 @@ class DynamicBetaCallback(Callback):
             raise RuntimeError("DynamicBetaCallback.decide was called outside a Trainer run (setup has not run).")
         pairs = pairs.detach()
         beta0 = self.controller.beta
-        if not trainer.training:
-            self.reporter.update_pairs("val", pairs, beta0)
+        if not trainer.training:  # validation, its sanity check, or test
+            self.reporter.update_pairs(evaluation_stage(trainer), pairs, beta0)
             return static_decision(pairs, beta0)
         required = self.required_extras
         everyone, offset, ranks = gather_pairs(trainer.strategy, pairs.select(required))
@@ -166,7 +171,11 @@ class DynamicBetaCallback(Callback):
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.reporter.log_validation(trainer, pl_module)
+        self.reporter.log_evaluation(trainer, pl_module, "val")
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.reporter.log_evaluation(trainer, pl_module, "test")
 
     # ------------------------------------------------------------- checkpoint
     @override

@@ -4,7 +4,7 @@ Training values are accumulated over every micro-batch since the last logging st
 logging steps: right after an optimizer step that makes ``global_step`` a multiple of ``Trainer(log_every_n_steps)``
 (or when the trainer is stopping), which is when Lightning writes step metrics to its loggers, with or without
 gradient accumulation. Updates are local; the only collectives are the torchmetrics ``compute()`` calls at those
-steps (the same steps on every rank). Validation values cover the whole validation run.
+steps (the same steps on every rank). Evaluation values (``val``, ``test``) cover the whole evaluation run.
 """
 
 from __future__ import annotations
@@ -18,18 +18,26 @@ from torch import Tensor
 from betadpo_lightning.metrics import MeanOfSums, PreferenceMetrics
 from betadpo_lightning.types import PairData
 
-__all__ = ["PreferenceReporter"]
+__all__ = ["STAGES", "PreferenceReporter", "evaluation_stage"]
+
+STAGES = ("train", "val", "test")
+"""The stages whose preference metrics are reported, as they prefix the logged keys."""
+
+
+def evaluation_stage(trainer: pl.Trainer) -> str:
+    """The key prefix of the evaluation the trainer is running: ``test`` while testing, else ``val``."""
+    return "test" if trainer.testing else "val"
 
 
 class PreferenceReporter:
-    """Preference metrics of the ``train`` and ``val`` stages plus windowed training scalars (``loss``, ``beta``, ...).
+    """Preference metrics of the ``train``, ``val`` and ``test`` stages plus windowed training scalars (``loss``, ...).
 
     Keys logged: ``{stage}/{key}`` for every key of :meth:`PreferenceMetrics.compute`, and ``train/{name}`` for every
     scalar passed to :meth:`update_scalars` (window means over micro-batches and ranks).
     """
 
     def __init__(self) -> None:
-        self.metrics = {"train": PreferenceMetrics(), "val": PreferenceMetrics()}
+        self.metrics = {stage: PreferenceMetrics() for stage in STAGES}
         self.scalars: dict[str, MeanOfSums] = {}
         self._device = torch.device("cpu")
         self._last_step: int | None = None
@@ -84,16 +92,19 @@ class PreferenceReporter:
         self._reset_train()
         return True
 
-    def log_validation(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
-        """Log the validation window (at the end of a validation run) and reset it."""
-        values = self._compute("val", self.metrics["val"].num_batches > 0 or trainer.world_size > 1)
-        module.log_dict(values, on_step=False, on_epoch=True, batch_size=1)
-        self.metrics["val"].reset()
+    def log_evaluation(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
+        """Log the window of an evaluation stage (``val`` or ``test``) at the end of its run, and reset it.
 
-    def reset_validation(self) -> None:
-        """Start a new validation window."""
-        self.metrics["val"].to(self._device)
-        self.metrics["val"].reset()
+        A collective call under DDP (every rank must call it), like :meth:`PreferenceMetrics.compute`.
+        """
+        values = self._compute(stage, self.metrics[stage].num_batches > 0 or trainer.world_size > 1)
+        module.log_dict(values, on_step=False, on_epoch=True, batch_size=1)
+        self.metrics[stage].reset()
+
+    def reset_evaluation(self, stage: str) -> None:
+        """Start a new window of an evaluation stage (``val`` or ``test``)."""
+        self.metrics[stage].to(self._device)
+        self.metrics[stage].reset()
 
     def _compute(self, stage: str, any_data: bool) -> dict[str, Tensor]:
         if not any_data:  # nothing seen by this only rank: log nothing rather than zeros

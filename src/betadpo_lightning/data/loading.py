@@ -20,11 +20,13 @@ from pathlib import Path
 
 import datasets
 from datasets.data_files import DataFilesDict, get_data_patterns
+from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
 from lightning.pytorch.utilities import rank_zero_warn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from betadpo_lightning.data.errors import PreferenceDataError
 from betadpo_lightning.data.files import copy_without, csv_text_options, describe, find_bad_lines
+from betadpo_lightning.hub import hub_errors, require_reachable
 
 DataFiles = str | Sequence[str] | Mapping[str, str | Sequence[str]]
 
@@ -99,6 +101,7 @@ def load_source(
     Raises:
         PreferenceDataError: If a local file has an unknown suffix, is empty or malformed (see above), or the
             source holds no split.
+        HubUnavailableError: If ``dataset`` is neither local nor in the cache or on a reachable hub.
     """
     path = Path(dataset)
     if data_files is None and path.is_file():
@@ -121,6 +124,20 @@ def load_source(
 
 
 def _load(
+    dataset: str,
+    config_name: str | None,
+    data_files: DataFiles | None,
+    cache_dir: str | None,
+    options: Mapping[str, object],
+) -> datasets.DatasetDict:
+    if dataset in _PACKAGED_DATASETS_MODULES:  # "json", "csv", ...: a builder of local files, no hub look-up
+        return _load_dataset(dataset, config_name, data_files, cache_dir, options)
+    with hub_errors(dataset, "dataset") as unreachable:
+        require_reachable(dataset, "dataset", unreachable)  # no cache-only switch: fail now instead of retrying
+        return _load_dataset(dataset, config_name, data_files, cache_dir, options)
+
+
+def _load_dataset(
     dataset: str,
     config_name: str | None,
     data_files: DataFiles | None,
@@ -230,8 +247,13 @@ def load_tokenizer(
 
     Raises:
         PreferenceDataError: If the tokenizer has neither a pad token nor an EOS token.
+        HubUnavailableError: If ``name_or_path`` is neither a local folder nor in the cache or on a reachable hub.
     """
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **dict(kwargs or {}))
+    options = dict(kwargs or {})
+    with hub_errors(name_or_path, "tokenizer") as unreachable:
+        if unreachable:
+            options["local_files_only"] = True
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **options)
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise PreferenceDataError(f"tokenizer '{name_or_path}' has neither a pad token nor an EOS token")
