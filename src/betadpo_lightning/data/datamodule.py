@@ -145,6 +145,9 @@ class PreferenceDataModule(LightningDataModule):
         self.cache_dir = cache_dir
         self.seed = seed
         self.synthetic = (synthetic or SyntheticConfig()) if dataset == SYNTHETIC else None
+        # Recorded in checkpoints (`datamodule_hyper_parameters`): the export finds the run's tokenizer there.
+        self.save_hyperparameters(ignore=["synthetic"])
+        self.hparams["synthetic"] = None if self.synthetic is None else dataclasses.asdict(self.synthetic)
         self.spec = TokenizationSpec(
             names=ColumnNames(prompt_column, chosen_column, rejected_column),
             format=format,
