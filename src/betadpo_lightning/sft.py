@@ -171,12 +171,16 @@ class SFTModule(PolicyAndReference):
         """
         assert self.policy is not None, "`configure_model()` must run first"
         rows = chosen_rows(batch)
+        head = self.hparams.head == "auto" and head_unsupported_reason(self.policy) is None
+        # Every row runs (a batch of padding pairs alone would leave the model nothing to run, and a sharded model
+        # needs the same forward on every rank); the padding pairs are then left out of the sums.
+        logps = score_rows(self.policy, rows, head=head).logps  # (B,) summed over response tokens
+        tokens = response_token_count(rows["labels"])  # (B,)
         padding = batch.get("is_padding")
         if padding is not None:
-            rows = {key: value[~padding] for key, value in rows.items()}
-        head = self.hparams.head == "auto" and head_unsupported_reason(self.policy) is None
-        logps = score_rows(self.policy, rows, head=head).logps  # (B,) summed over response tokens
-        return -logps.sum(), response_token_count(rows["labels"]).sum()
+            logps = torch.where(padding, torch.zeros_like(logps), logps)
+            tokens = torch.where(padding, torch.zeros_like(tokens), tokens)
+        return -logps.sum(), tokens.sum()
 
     @override
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
