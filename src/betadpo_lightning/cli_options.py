@@ -42,7 +42,7 @@ def option_names(parser: Any) -> list[str]:
         Sorted option strings, with both ``x.init_args.y`` and its short form ``x.y``.
     """
     names = {s for s in parser._option_string_actions if s.startswith("--") and not s.endswith(".help")}
-    for key in parser.get_defaults():
+    for key in parser.get_defaults().keys():  # noqa: SIM118 (a Namespace: iterating it fails)
         names.add(f"--{key}")
         names.add(f"--{key.replace('.init_args.', '.')}")
     return sorted(names)
@@ -79,6 +79,7 @@ def _tidy(text: str) -> str:
     text = re.sub(r"<class '(?:builtins\.)?([\w.]+)'>", r"\1", text)
     text = re.sub(r"typing\.Literal\[(.*?)\]", r"one of \1", text)
     text = text.replace("Expected a one of", "expected one of").replace("Expected a ", "expected a ")
+    text = re.sub(r"\b([Ee]xpected) a (?=[aeiou])", r"\1 an ", text)
     return re.sub(r"\. Got value: (.*)$", r", got '\1'", text, flags=re.S)
 
 
@@ -125,7 +126,8 @@ def parse_error(message: str, candidates: list[str], renamed: Mapping[str, str] 
                 hints.append(f"{key} takes: {', '.join(names)}")
             return CLIError(f"unknown option {key}.{rejected.group(1)}", hints, exit_code=2)
         details = _details(body)
-        return CLIError(f"{key}: {_tidy(details[0]) if details else body.strip()}", details[1:2], exit_code=2)
+        hints = [_tidy(detail) for detail in details[1:2]]
+        return CLIError(f"{key}: {_tidy(details[0]) if details else body.strip()}", hints, exit_code=2)
     first, *rest = message.strip().splitlines() or [""]
     return CLIError(_tidy(first), [line.strip() for line in rest[:2]], exit_code=2)
 

@@ -79,13 +79,18 @@ def _version(path: Path) -> int:
 
 
 def read_metrics(path: Path) -> Series:
-    """Every numeric column of a Lightning ``metrics.csv`` as ``(steps, values)``, rows without a value skipped."""
+    """Every numeric column of a Lightning ``metrics.csv`` as ``(steps, values)``, rows without a value skipped.
+
+    The steps are optimizer steps, as the run summary and the checkpoint names count them: Lightning writes a row
+    logged at ``trainer.global_step`` N with ``step`` N - 1 (validation after step 100 is written at step 99).
+    """
     series: Series = {}
     with path.open(newline="", encoding="utf-8") as handle:
         for row in csv.DictReader(handle):
             step = _float(row.get("step"))
             if step is None:
                 continue
+            step += 1
             for column, text in row.items():
                 value = _float(text)
                 if column not in ("step", "epoch") and value is not None:

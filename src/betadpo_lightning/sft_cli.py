@@ -20,7 +20,7 @@ from typing_extensions import override
 from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.sft import SFTModule
 
-__all__ = ["SFTCLI", "main"]
+__all__ = ["SFTCLI", "console_main", "main"]
 
 
 class SFTCLI(LightningCLI):
@@ -52,6 +52,12 @@ def main(args: ArgsType = None, run: bool = True) -> SFTCLI:
         save_config_kwargs={"overwrite": True},
         parser_kwargs={"description": "Supervised warm start on the chosen responses of preference pairs."},
     )
+
+
+def console_main() -> int:
+    """The ``betadpo-sft`` console script: :func:`main` on ``sys.argv``, exit code 0 on success."""
+    main()
+    return 0
 
 
 if __name__ == "__main__":
