@@ -348,8 +348,16 @@ def test_cli_names_the_refused_option(capsys, tmp_path):
     error = capsys.readouterr().err
     assert "model.head" in error
     assert "bogus" in error
-    with pytest.raises(ValueError, match="exactly one of `model_name_or_path` and `model_config`"):
-        main([*base, "--model.model_name_or_path", str(tmp_path)], run=False)  # the config has a model_config
+    with pytest.raises(SystemExit) as exit_info:  # the config has a model_config
+        main([*base, "--model.model_name_or_path", str(tmp_path)], run=False)
+    assert exit_info.value.code == 1
+    error = capsys.readouterr().err
+    assert "model.model_name_or_path: Give exactly one of `model_name_or_path` and `model_config`" in error
+    assert len(error.strip().splitlines()) <= 3 and "Traceback" not in error
+    with pytest.raises(SystemExit) as exit_info:  # the optimizer is model.optimizer, as in the preference CLI
+        main([*base, "--optimizer", "torch.optim.SGD"], run=False)
+    assert exit_info.value.code == 2
+    assert "model.optimizer" in capsys.readouterr().err
 
 
 def test_output_dir_is_refused_under_a_sharded_strategy(tmp_path):

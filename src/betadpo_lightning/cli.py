@@ -2,27 +2,16 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from argparse import ArgumentError
 from typing import Any
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
-from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 from typing_extensions import override
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
-from betadpo_lightning.cli_errors import MissingCheckpointError, explain, report
-from betadpo_lightning.cli_options import config_error, option_names, parse_error
-from betadpo_lightning.console import quiet_known_noise
-from betadpo_lightning.data import PreferenceDataModule
+from betadpo_lightning.cli_base import RENAMED, RunCLI, run_cli
 from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.progress import StepProgressBar
-from betadpo_lightning.run_summary import RunSummary
 
-__all__ = ["DYNAMIC_BETA", "BetaDPOCLI", "console_main", "main"]
+__all__ = ["DYNAMIC_BETA", "LINKS", "RENAMED", "BetaDPOCLI", "console_main", "main"]
 
 DYNAMIC_BETA = "dynamic_beta"
 """The top-level YAML section of :class:`DynamicBetaCallback`."""
@@ -30,14 +19,8 @@ DYNAMIC_BETA = "dynamic_beta"
 LINKS = {f"{DYNAMIC_BETA}.controller.init_args.beta": "model.beta"}
 """Options filled from another one (target: source); β0 is written once, as ``model.beta``."""
 
-RENAMED = {
-    "--optimizer": "the optimizer is model.optimizer, e.g. --model.optimizer torch.optim.SGD --model.optimizer.lr 0.01",
-    "--lr_scheduler": "the scheduler is model.scheduler, e.g. --model.scheduler torch.optim.lr_scheduler.ConstantLR",
-}
-"""LightningCLI options that this CLI does not have, and what to use instead."""
 
-
-class BetaDPOCLI(LightningCLI):
+class BetaDPOCLI(RunCLI):
     """LightningCLI for :class:`PreferenceModule` + :class:`PreferenceDataModule`, with the β callback as a section.
 
     Besides ``trainer``, ``model`` (with ``optimizer``/``scheduler`` and ``reference`` as ``class_path`` +
@@ -45,35 +28,18 @@ class BetaDPOCLI(LightningCLI):
     ``controller`` is chosen by ``class_path`` (``BetaDPOController`` by default, ``ConstantBetaController``,
     ...). ``dynamic_beta: null`` trains without the callback (fixed ``model.beta``; the module logs the metrics).
 
-    Subcommands: ``fit``, ``validate`` and ``test`` (there is nothing to ``predict``). Create it with
-    ``auto_configure_optimizers=False`` (as :func:`main` does): the optimizer and scheduler are ``model.optimizer``
-    and ``model.scheduler``, and the top-level ``--optimizer`` / ``--lr_scheduler`` get an error saying so.
-
-    Without a ``trainer.logger``, metrics go to a CSV logger in ``<trainer.default_root_dir>/logs/version_N/``, so
-    ``--trainer.default_root_dir`` moves the logs together with the checkpoints of
-    :class:`~betadpo_lightning.callbacks.PreferenceCheckpoint` (``<default_root_dir>/checkpoints``). Unless the
-    config has its own, the Trainer gets a :class:`~betadpo_lightning.progress.StepProgressBar` (with
-    ``enable_progress_bar``) and a :class:`~betadpo_lightning.run_summary.RunSummary`. ``--ckpt_path last`` with no
-    ``last.ckpt`` is an error (Lightning would train from scratch).
+    Everything else is :class:`~betadpo_lightning.cli_base.RunCLI`'s: subcommands ``fit``, ``validate`` and ``test``;
+    ``model.optimizer`` / ``model.scheduler`` (the top-level ``--optimizer`` / ``--lr_scheduler`` are refused with a
+    hint); logs in ``<trainer.default_root_dir>/logs/version_N/`` beside the checkpoints of
+    :class:`~betadpo_lightning.callbacks.PreferenceCheckpoint` (``<default_root_dir>/checkpoints``); a step progress
+    bar and a run summary; ``--ckpt_path last`` refused when there is no ``last.ckpt``; mistakes raised as
+    :class:`~betadpo_lightning.cli_errors.CLIError` naming the option.
 
     Written once: β0 is ``model.beta`` (linked into the controller's ``beta``); the tokenizer is the model's
     (``model.model_name_or_path``) unless ``data.tokenizer`` names another one.
-
-    Mistakes are raised as :class:`~betadpo_lightning.cli_errors.CLIError` naming the option (parse errors, and
-    values refused while the classes are built), which :func:`main` prints in a few lines.
     """
 
-    @staticmethod
-    @override
-    def subcommands() -> dict[str, set[str]]:
-        commands = LightningCLI.subcommands()
-        del commands["predict"]  # a preference model has nothing to predict; sample with betadpo_lightning.sample
-        return commands
-
-    @override
-    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
-        kwargs.setdefault("exit_on_error", False)  # errors are raised, and explained by `main` in a few lines
-        return super().init_parser(**kwargs)
+    links = LINKS
 
     @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -85,21 +51,8 @@ class BetaDPOCLI(LightningCLI):
             parser.link_arguments(source, target)
 
     @override
-    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
-        try:
-            super().parse_arguments(parser, args)
-        except ArgumentError as error:
-            words = list(sys.argv[1:] if args is None else args) if isinstance(args, list | tuple | None) else []
-            parsers = getattr(self, "_subcommand_parsers", {})
-            subparser = next((parsers[word] for word in words if word in parsers), parser)
-            raise parse_error(str(error), option_names(subparser), RENAMED) from error
-
-    @override
-    def before_instantiate_classes(self) -> None:
-        config = self._section()
-        data, model = config.get("data"), config.get("model")
-        if data is not None and model is not None and data.get("tokenizer") is None:
-            data["tokenizer"] = model.get("model_name_or_path")
+    def _groups(self) -> dict[str, type]:
+        return {**super()._groups(), DYNAMIC_BETA: DynamicBetaCallback}
 
     @override
     def instantiate_classes(self) -> None:
@@ -109,57 +62,15 @@ class BetaDPOCLI(LightningCLI):
             del config[DYNAMIC_BETA]
         try:
             super().instantiate_classes()
-        except Exception as error:
-            groups = {"model": self._model_class, "data": self._datamodule_class, "trainer": self.trainer_class}
-            groups[DYNAMIC_BETA] = DynamicBetaCallback
-            raise config_error(error, config, groups, LINKS) from error
         finally:
             if self.beta_callback_disabled:
                 config[DYNAMIC_BETA] = None
 
     @override
-    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+    def _extra_callbacks(self) -> list[Any]:
         keys = self._parser(self.subcommand).callback_keys
         skip = {DYNAMIC_BETA} if getattr(self, "beta_callback_disabled", False) else set()
-        callbacks = [self._get(self.config_init, key) for key in keys if key not in skip]
-        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        if trainer_config.get("logger") in (None, True):  # the default logger follows default_root_dir
-            root = trainer_config.get("default_root_dir") or os.getcwd()
-            trainer_config["logger"] = CSVLogger(save_dir=root, name="logs")
-        configured = [*(trainer_config.get("callbacks") or []), *callbacks]
-        if trainer_config.get("enable_progress_bar") is not False and not _has(configured, ProgressBar):
-            callbacks.append(StepProgressBar())
-        if not _has(configured, RunSummary):
-            callbacks.append(RunSummary())
-        return self._instantiate_trainer(trainer_config, callbacks)
-
-    def before_fit(self) -> None:
-        """Refuse ``--ckpt_path last`` when there is no last checkpoint to resume from."""
-        self._require_last_checkpoint()
-
-    def before_validate(self) -> None:
-        """As :meth:`before_fit`."""
-        self._require_last_checkpoint()
-
-    def before_test(self) -> None:
-        """As :meth:`before_fit`."""
-        self._require_last_checkpoint()
-
-    def _require_last_checkpoint(self) -> None:
-        """Raise :class:`MissingCheckpointError` for ``ckpt_path: last`` without a ``last.ckpt`` to load."""
-        if self.config_init[self.subcommand].get("ckpt_path") != "last":
-            return
-        callbacks = [c for c in self.trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint)]
-        found = set().union(*(c._find_last_checkpoints(self.trainer) for c in callbacks))
-        if not any(os.path.exists(path) for path in found):
-            raise MissingCheckpointError([str(c.dirpath) for c in callbacks if c.dirpath])
-
-    def _section(self) -> Any:
-        return self.config[self.subcommand] if self.subcommand else self.config
-
-
-def _has(callbacks: list[Any], kind: type) -> bool:
-    return any(isinstance(callback, kind) for callback in callbacks)
+        return [self._get(self.config_init, key) for key in keys if key not in skip]
 
 
 def main(args: ArgsType = None, run: bool = True) -> BetaDPOCLI:
@@ -172,22 +83,8 @@ def main(args: ArgsType = None, run: bool = True) -> BetaDPOCLI:
     Raises:
         SystemExit: after printing such a message (and for ``--help`` / ``--print_config``, with code 0).
     """
-    quiet_known_noise()
-    try:
-        return BetaDPOCLI(
-            PreferenceModule,
-            PreferenceDataModule,
-            args=args,
-            run=run,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": "β-DPO and the DPO family on PyTorch Lightning."},
-            auto_configure_optimizers=False,
-        )
-    except Exception as error:
-        explained = explain(error)
-        if explained is None:
-            raise
-        sys.exit(report(error, explained))
+    description = "β-DPO and the DPO family on PyTorch Lightning."
+    return run_cli(BetaDPOCLI, PreferenceModule, description, args, run)
 
 
 def console_main() -> int:
