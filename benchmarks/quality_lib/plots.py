@@ -58,7 +58,7 @@ def gold_vs_kl(settings: Settings, runs: Sequence[dict], references: Sequence[di
     axes[0][0].legend(fontsize=8, loc="lower right")
     fig.suptitle("Gold reward against KL (faint: every run and knob value; bold: chosen on validation, 95% CI)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 
@@ -99,5 +99,5 @@ def beta_dpo_traces(settings: Settings, runs: Sequence[dict], path: Path) -> Non
     axes[0][0].legend(fontsize=8)
     fig.suptitle("β-DPO's controller over training (chosen β0 per seed; one line per seed)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
