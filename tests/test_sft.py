@@ -353,7 +353,8 @@ def test_cli_names_the_refused_option(capsys, tmp_path):
     assert exit_info.value.code == 1
     error = capsys.readouterr().err
     assert "model.model_name_or_path: Give exactly one of `model_name_or_path` and `model_config`" in error
-    assert len(error.strip().splitlines()) <= 3 and "Traceback" not in error
+    assert len(error.strip().splitlines()) <= 3
+    assert "Traceback" not in error
     with pytest.raises(SystemExit) as exit_info:  # the optimizer is model.optimizer, as in the preference CLI
         main([*base, "--optimizer", "torch.optim.SGD"], run=False)
     assert exit_info.value.code == 2
