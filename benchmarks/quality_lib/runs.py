@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
+
 from quality_lib.evaluate import (
     Samples,
     encode_pairs,
