@@ -21,11 +21,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.data.loader import eval_loader
 from betadpo_lightning.data.synthetic import SyntheticConfig
+from betadpo_lightning.metrics import MeanOfSums
 from betadpo_lightning.models import tokenizer_config_defaults
 from betadpo_lightning.module import PreferenceModule
 from betadpo_lightning.schedulers import LinearWarmup
 from betadpo_lightning.scoring import score_rows
-from betadpo_lightning.sft import SFTModule, TokenMean, chosen_rows, response_token_count
+from betadpo_lightning.sft import SFTModule, chosen_rows, response_token_count
 from helpers.exports import peft_loading
 from helpers.trainers import quiet_trainer
 
@@ -189,7 +190,7 @@ def test_padding_pairs_count_in_no_validation_loss(data):
     torch.manual_seed(2)
     module = _module(data)
     validation = data.splits["validation"].select(range(21))  # rank 1: 10 pairs, then a batch of one repeated pair
-    metric = TokenMean()
+    metric = MeanOfSums()
     flagged, alone = 0, 0
     with torch.no_grad():
         for rank in (0, 1):
@@ -204,7 +205,7 @@ def test_padding_pairs_count_in_no_validation_loss(data):
     assert abs(float(metric.compute()) - nll / tokens) < 1e-6 * nll / tokens
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # compute before update
-        assert float(TokenMean().compute()) == 0.0
+        assert float(MeanOfSums().compute()) == 0.0
 
 
 # --- 3. a short fit and the written model -----------------------------------------------------------------------------

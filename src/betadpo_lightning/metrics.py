@@ -70,10 +70,15 @@ class MeanOfSums(Metric):
         self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, values: Tensor) -> None:
-        """Add the values of a batch, any shape."""
+    def update(self, values: Tensor, count: Tensor | int | None = None) -> None:
+        """Add the values of a batch, any shape.
+
+        Args:
+            values: the values; with ``count``, their sum over ``count`` items (e.g. an NLL summed over tokens).
+            count: how many items ``values`` sums (``None``: ``values.numel()``).
+        """
         self.total += values.detach().to(torch.float64).sum()
-        self.count += values.numel()
+        self.count += values.numel() if count is None else torch.as_tensor(count).detach().to(torch.float64)
 
     def compute(self) -> Tensor:
         """The mean (0 when nothing was seen)."""

@@ -23,9 +23,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics import Metric
 from typing_extensions import override
 
+from betadpo_lightning.metrics import MeanOfSums
 from betadpo_lightning.model_building import PolicyAndReference
 from betadpo_lightning.models import DType, LoraOptions
 from betadpo_lightning.optimization import build_optimization
@@ -33,7 +33,7 @@ from betadpo_lightning.parallel import close_process_group_at_exit
 from betadpo_lightning.reference import NoReference
 from betadpo_lightning.scoring import head_unsupported_reason, score_rows
 
-__all__ = ["SFTModule", "TokenMean", "chosen_rows", "response_token_count"]
+__all__ = ["SFTModule", "chosen_rows", "response_token_count"]
 
 _SHARDED_STRATEGIES = ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrategy")
 
@@ -62,28 +62,6 @@ def response_token_count(labels: Tensor, ignore_index: int = -100) -> Tensor:
         ``(N,)`` long.
     """
     return (labels[:, 1:] != ignore_index).sum(-1)
-
-
-class TokenMean(Metric):
-    """A token-weighted mean: the sum of the updates' totals over the sum of their counts (exact across ranks)."""
-
-    full_state_update = False
-    total: Tensor
-    count: Tensor
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, total: Tensor, count: Tensor) -> None:
-        """Add a batch: ``total`` (summed values, 0-d) over ``count`` tokens (0-d)."""
-        self.total += total.detach().to(torch.float64)
-        self.count += count.detach().to(torch.float64)
-
-    def compute(self) -> Tensor:
-        """The mean per token (0 when nothing was counted)."""
-        return (self.total / self.count.clamp(min=1)).float()
 
 
 class SFTModule(PolicyAndReference):
@@ -145,7 +123,7 @@ class SFTModule(PolicyAndReference):
         self.hparams["quantization"] = None  # read by the shared policy builder; SFT trains unquantised weights
         self.reference_provider = NoReference()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.val_nll = TokenMean()
+        self.val_nll = MeanOfSums()  # NLL summed over tokens, counted per token
         self._init_models()
 
     @override
