@@ -6,21 +6,14 @@ import csv
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
 import pytest
-import torch
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.cli import main
 from betadpo_lightning.controllers import BetaDPOController
-from betadpo_lightning.data import PreferenceDataModule
-from betadpo_lightning.data.synthetic import SyntheticConfig
-from betadpo_lightning.module import PreferenceModule
+from helpers.evaluation import Perturb, module_and_data
 from helpers.trainers import quiet_trainer
 
-CONFIG = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
-CONFIG |= {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}
-PAIRS = 33  # odd: two ranks need one padded sample
 METRICS = (
     "loss",
     "nonfinite_pairs",
@@ -36,39 +29,14 @@ METRICS = (
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")
 
 
-class _Perturb(pl.Callback):
-    """Moves the policy away from its (already built) reference with a seeded perturbation, the same on every rank,
-    so that the margins are not all zero."""
-
-    def _perturb(self, pl_module: pl.LightningModule) -> None:
-        generator = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for param in pl_module.policy.parameters():
-                param.add_(0.5 * torch.randn(param.shape, generator=generator))
-
-    def on_validation_start(self, trainer, pl_module) -> None:
-        self._perturb(pl_module)
-
-    def on_test_start(self, trainer, pl_module) -> None:
-        self._perturb(pl_module)
-
-
 def _evaluate(
     tmp_path: Path, stage: str, callback: bool, eval_batch_size: int = 16, **trainer_kwargs
 ) -> dict[str, float]:
     """``trainer.validate`` or ``trainer.test`` of a randomly initialised (seed 0) policy, perturbed from its
     reference, on the 33 validation pairs (there is no test split); values by metric name, without the prefix."""
-    pl.seed_everything(0)
-    module = PreferenceModule(model_config=CONFIG, beta=0.1)
-    data = PreferenceDataModule(
-        synthetic=SyntheticConfig(train_size=8, validation_size=PAIRS, seed=5),
-        cache_dir=str(tmp_path / "data"),
-        batch_size=4,
-        eval_batch_size=eval_batch_size,
-        max_length=32,
-    )
+    module, data = module_and_data(tmp_path, eval_batch_size)
     callbacks = [DynamicBetaCallback(BetaDPOController(beta=0.1))] if callback else []
-    trainer = quiet_trainer(tmp_path / f"{stage}{callback}", 1, [*callbacks, _Perturb()], **trainer_kwargs)
+    trainer = quiet_trainer(tmp_path / f"{stage}{callback}", 1, [*callbacks, Perturb()], **trainer_kwargs)
     run = trainer.test if stage == "test" else trainer.validate
     (results,) = run(module, datamodule=data)
     prefix = "test/" if stage == "test" else "val/"
