@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 from typing_extensions import override
 
@@ -57,20 +55,15 @@ class BetaDPOCLI(RunCLI):
     @override
     def instantiate_classes(self) -> None:
         config = self._section()
-        self.beta_callback_disabled = DYNAMIC_BETA in config and config[DYNAMIC_BETA] is None
-        if self.beta_callback_disabled:  # jsonargparse cannot instantiate a null group: drop it meanwhile
+        disabled = DYNAMIC_BETA in config and config[DYNAMIC_BETA] is None
+        self.disabled_sections = frozenset({DYNAMIC_BETA} if disabled else ())
+        if disabled:  # jsonargparse cannot instantiate a null group: drop it meanwhile
             del config[DYNAMIC_BETA]
         try:
             super().instantiate_classes()
         finally:
-            if self.beta_callback_disabled:
+            if disabled:
                 config[DYNAMIC_BETA] = None
-
-    @override
-    def _extra_callbacks(self) -> list[Any]:
-        keys = self._parser(self.subcommand).callback_keys
-        skip = {DYNAMIC_BETA} if getattr(self, "beta_callback_disabled", False) else set()
-        return [self._get(self.config_init, key) for key in keys if key not in skip]
 
 
 def main(args: ArgsType = None, run: bool = True) -> BetaDPOCLI:

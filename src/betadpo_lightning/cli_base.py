@@ -50,6 +50,9 @@ class RunCLI(LightningCLI):
     links: Mapping[str, str] = {}
     """Options filled from another one (target: source), named by their source in errors."""
 
+    disabled_sections: frozenset[str] = frozenset()
+    """Callback sections (``add_lightning_class_args``) set to ``null`` in this run: not given to the Trainer."""
+
     @staticmethod
     @override
     def subcommands() -> dict[str, set[str]]:
@@ -93,7 +96,7 @@ class RunCLI(LightningCLI):
     def _extra_callbacks(self) -> list[Any]:
         """Callbacks of top-level sections (``add_lightning_class_args``) to hand to the Trainer."""
         keys = self._parser(self.subcommand).callback_keys
-        return [self._get(self.config_init, key) for key in keys]
+        return [self._get(self.config_init, key) for key in keys if key not in self.disabled_sections]
 
     @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
