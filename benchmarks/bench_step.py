@@ -141,8 +141,8 @@ def run_ours(args: argparse.Namespace, model_dir: Path, variant: str) -> list[fl
     from torch.utils.data import DataLoader
 
     from betadpo_lightning.data.collate import collate_preference_pairs
-    from betadpo_lightning.module import PreferenceModule
-    from betadpo_lightning.reference import AdapterReference, PrecomputedReference
+    from betadpo_lightning.models.reference import AdapterReference, PrecomputedReference
+    from betadpo_lightning.training.module import PreferenceModule
 
     total = args.warmup + args.steps
     samples = make_pairs(args, args.pairs * total)
@@ -198,7 +198,7 @@ def run_precompute(args: argparse.Namespace, model_dir: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     from betadpo_lightning.data.collate import collate_preference_pairs
-    from betadpo_lightning.scoring import score_rows
+    from betadpo_lightning.models.scoring import score_rows
 
     samples = make_pairs(args, args.pairs * (args.warmup + args.steps))
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(args.device).eval()

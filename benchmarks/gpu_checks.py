@@ -31,7 +31,7 @@ def check_head(device: str) -> str:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from betadpo_lightning.data.collate import collate_preference_pairs
-    from betadpo_lightning.scoring import score_rows
+    from betadpo_lightning.models.scoring import score_rows
 
     lines = []
     for config in (
@@ -94,8 +94,8 @@ def check_bitsandbytes(device: str) -> str:
     from torch.utils.data import DataLoader
 
     from betadpo_lightning.data.collate import collate_preference_pairs
-    from betadpo_lightning.module import PreferenceModule
-    from betadpo_lightning.reference import AdapterReference, FrozenReference
+    from betadpo_lightning.models.reference import AdapterReference, FrozenReference
+    from betadpo_lightning.training.module import PreferenceModule
 
     class Record(pl.Callback):
         def __init__(self) -> None:

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from betadpo_lightning.callbacks import BetaDecision, DynamicBetaCallback, static_decision
-from betadpo_lightning.controllers import BetaDPOController, BetaStep, ConstantBetaController
-from betadpo_lightning.types import PairData
+from betadpo_lightning.core.controllers import BetaDPOController, BetaStep, ConstantBetaController
+from betadpo_lightning.core.types import PairData
 from helpers.logger import MemoryLogger
 from helpers.protocol_module import PairScorer
 from helpers.trainers import quiet_trainer

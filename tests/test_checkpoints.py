@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from betadpo_lightning.cli import main
+from betadpo_lightning.commands.cli import main
 
 ROOT = Path(__file__).parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"

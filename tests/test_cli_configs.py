@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
-from betadpo_lightning.cli import main
-from betadpo_lightning.controllers import BetaDPOController, ConstantBetaController, EpsilonBetaController
+from betadpo_lightning.commands.cli import main
+from betadpo_lightning.core.controllers import BetaDPOController, ConstantBetaController, EpsilonBetaController
 from betadpo_lightning.data import PreferenceDataModule
-from betadpo_lightning.module import PreferenceModule
+from betadpo_lightning.training.module import PreferenceModule
 
 ROOT = Path(__file__).parents[1]
 CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.yaml") if not p.stem.endswith("_sft"))  # SFT: test_sft.py
@@ -75,7 +75,7 @@ def test_beta0_is_written_once_and_the_controller_is_chosen_by_class_path():
             str(QUICKSTART),
             *ON_CPU,
             "--model.beta=0.2",
-            "--dynamic_beta.controller=betadpo_lightning.controllers.ConstantBetaController",
+            "--dynamic_beta.controller=betadpo_lightning.core.controllers.ConstantBetaController",
         ]
     )
     (callback,) = _beta_callbacks(cli.trainer)
@@ -141,8 +141,8 @@ def test_print_config_shows_the_resolved_values(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "rho: 0.3" in out
-    assert "class_path: betadpo_lightning.controllers.BetaDPOController" in out
-    assert "class_path: betadpo_lightning.schedulers.LinearWarmup" in out
+    assert "class_path: betadpo_lightning.core.controllers.BetaDPOController" in out
+    assert "class_path: betadpo_lightning.training.schedulers.LinearWarmup" in out
     assert "model_type: llama" in out
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from betadpo_lightning.cli import main
+from betadpo_lightning.commands.cli import main
 
 ROOT = Path(__file__).parents[1]
 CLI = ROOT / "cli.py"
@@ -283,7 +283,7 @@ def test_errors_that_are_not_user_mistakes_keep_their_traceback(monkeypatch):
     def broken(self, *args, **kwargs):
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("betadpo_lightning.cli.BetaDPOCLI.before_instantiate_classes", broken)
+    monkeypatch.setattr("betadpo_lightning.commands.cli.BetaDPOCLI.before_instantiate_classes", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["fit", "--config", str(QUICKSTART), "--trainer.logger=false"])
 

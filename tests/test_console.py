@@ -7,8 +7,8 @@ import warnings
 
 import pytest
 
-from betadpo_lightning import console
-from betadpo_lightning.console import quiet_known_noise
+from betadpo_lightning.commands import console
+from betadpo_lightning.commands.console import quiet_known_noise
 
 LIGHTNING_PYTREE = "lightning.pytorch.utilities._pytree"
 PYTREE_MESSAGE = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."

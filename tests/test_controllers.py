@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from betadpo_lightning.controllers import (
+from betadpo_lightning.core.controllers import (
     BetaController,
     BetaDPOController,
     ConstantBetaController,

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
-from betadpo_lightning.controllers import BetaDPOController
-from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.types import PairData
+from betadpo_lightning.core.controllers import BetaDPOController
+from betadpo_lightning.core.types import PairData
+from betadpo_lightning.training.module import PreferenceModule
 from helpers.ddp_checks import AccuracyCheck, CrossRankCheck
 from helpers.protocol_module import PairScorer
 from helpers.tiny import TINY_LLAMA, RandomPairsData
@@ -71,7 +71,7 @@ def test_epsilon_dpo_two_ranks_equal_the_single_process_mean(tmp_path):
     """Uneven ranks (3 and 5 pairs), 2 micro-batches per optimizer step: on every rank and micro-batch the per-pair
     β equals a single ε-DPO controller fed the 8 concatenated pairs, and β after each optimizer step is updated with
     the mean sign over all micro-batches and ranks (asserted inside the workers)."""
-    from betadpo_lightning.controllers import EpsilonBetaController
+    from betadpo_lightning.core.controllers import EpsilonBetaController
     from helpers.protocol_module import PerturbedScorer
 
     module = PerturbedScorer(sizes=(3, 5), epsilon=0.2, accumulate=2)
@@ -103,7 +103,7 @@ def test_the_process_group_is_closed_at_exit(tmp_path):
 
     code = (
         "import atexit, torch.distributed as dist\n"
-        "from betadpo_lightning.parallel import close_process_group_at_exit\n"
+        "from betadpo_lightning.models.sharding import close_process_group_at_exit\n"
         f"dist.init_process_group('gloo', init_method='file://{tmp_path / 'store'}', rank=0, world_size=1)\n"
         "close_process_group_at_exit(); close_process_group_at_exit()\n"
         "atexit._run_exitfuncs()\n"

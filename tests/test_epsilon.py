@@ -12,11 +12,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
-from betadpo_lightning.controllers import BetaDPOController, EpsilonBetaController, perturbation_signs
-from betadpo_lightning.logps import perturbed_sequence_logps
-from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.reference import NoReference, PrecomputedReference
-from betadpo_lightning.types import PairData
+from betadpo_lightning.core.controllers import BetaDPOController, EpsilonBetaController, perturbation_signs
+from betadpo_lightning.core.logps import perturbed_sequence_logps
+from betadpo_lightning.core.types import PairData
+from betadpo_lightning.models.reference import NoReference, PrecomputedReference
+from betadpo_lightning.training.module import PreferenceModule
 from helpers import reference_impls as ref
 from helpers.recorder import Recorder
 from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs, resumable_loader

@@ -14,11 +14,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from betadpo_lightning.commands.export import main as export
 from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.data.synthetic import SyntheticConfig, build_synthetic_tokenizer, synthetic_dir
-from betadpo_lightning.export import main as export
-from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.reference import AdapterReference
+from betadpo_lightning.models.reference import AdapterReference
+from betadpo_lightning.training.module import PreferenceModule
 from conftest import save_tiny_model
 from helpers.exports import (
     adamw,
@@ -175,7 +175,7 @@ def test_qlora_run_exports_its_adapters_for_the_full_precision_base(tmp_path, bp
 def test_cli_run_exports_with_the_tokenizer_its_config_records(tmp_path):
     """The quickstart's kind of run: ``cli.py fit`` on the synthetic data with a ``model_config`` policy; the export
     finds the synthetic tokenizer from what the run wrote, without --tokenizer."""
-    from betadpo_lightning.cli import main as cli
+    from betadpo_lightning.commands.cli import main as cli
 
     root = tmp_path / "run"
     config = tmp_path / "config.yaml"

@@ -12,9 +12,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from betadpo_lightning.export import main as export
-from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.reference import AdapterReference
+from betadpo_lightning.commands.export import main as export
+from betadpo_lightning.models.reference import AdapterReference
+from betadpo_lightning.training.module import PreferenceModule
 from helpers.exports import adamw, assert_mentions, assert_same_logps, fit_random_pairs
 from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs
 
@@ -94,7 +94,7 @@ def test_non_finite_weights_are_never_exported(tmp_path, tiny_checkpoint, capsys
 
 def test_the_module_runs_as_a_command(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "betadpo_lightning.export", "--ckpt_path", str(tmp_path / "missing.ckpt")]
+    command = [sys.executable, "-m", "betadpo_lightning.commands.export", "--ckpt_path", str(tmp_path / "missing.ckpt")]
     proc = subprocess.run([*command, "--output_dir", str(tmp_path / "o")], env=env, capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("betadpo-export: error:")

@@ -6,12 +6,12 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from betadpo_lightning import head as head_module
-from betadpo_lightning.head import head_perturbed_logps, head_token_stats, linear_log_softmax
-from betadpo_lightning.logps import gather_log_softmax, perturbed_sequence_logps, sequence_entropy, sequence_logps
-from betadpo_lightning.models import disable_dropout
-from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.scoring import head_unsupported_reason, perturbed_rows, score_rows
+from betadpo_lightning.core import head as head_module
+from betadpo_lightning.core.head import head_perturbed_logps, head_token_stats, linear_log_softmax
+from betadpo_lightning.core.logps import gather_log_softmax, perturbed_sequence_logps, sequence_entropy, sequence_logps
+from betadpo_lightning.models.building import disable_dropout
+from betadpo_lightning.models.scoring import head_unsupported_reason, perturbed_rows, score_rows
+from betadpo_lightning.training.module import PreferenceModule
 from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs
 
 SMALL = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}

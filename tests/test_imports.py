@@ -13,7 +13,8 @@ MODULES = sorted(info.name for info in pkgutil.walk_packages(betadpo_lightning._
 
 
 def test_the_walk_found_the_core_modules():
-    assert {"betadpo_lightning.losses", "betadpo_lightning.logps", "betadpo_lightning.controllers"} <= set(MODULES)
+    core = {"betadpo_lightning.core.losses", "betadpo_lightning.core.logps", "betadpo_lightning.core.controllers"}
+    assert core <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)
@@ -28,8 +29,9 @@ def test_lower_layers_do_not_import_lightning():
     import sys
 
     code = (
-        "import sys; import betadpo_lightning.types, betadpo_lightning.losses, betadpo_lightning.logps, "
-        "betadpo_lightning.controllers, betadpo_lightning.metrics; "
+        "import sys; import betadpo_lightning.core.types, betadpo_lightning.core.losses, "
+        "betadpo_lightning.core.logps, "
+        "betadpo_lightning.core.controllers, betadpo_lightning.training.metrics; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from betadpo_lightning import logps as logps_module
-from betadpo_lightning.logps import gather_log_softmax, sequence_entropy, sequence_logps
+from betadpo_lightning.core import logps as logps_module
+from betadpo_lightning.core.logps import gather_log_softmax, sequence_entropy, sequence_logps
 from helpers import reference_impls as ref
 
 

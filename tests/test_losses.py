@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from betadpo_lightning.losses import (
+from betadpo_lightning.core.losses import (
     PAIR_LOSSES,
     dpo_loss,
     dpo_margins,

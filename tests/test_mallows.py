@@ -10,7 +10,7 @@ import mpmath
 import pytest
 import torch
 
-from betadpo_lightning.losses import (
+from betadpo_lightning.core.losses import (
     PAIR_LOSSES,
     mallows_phi_link,
     mallows_phi_log_link,
@@ -154,8 +154,8 @@ def test_mallows_through_the_module_uses_the_reference_entropy(loss_type, refere
     reference-free (pc − pr, the released MallowsPO setting)."""
     import lightning.pytorch as pl
 
-    from betadpo_lightning.logps import sequence_entropy
-    from betadpo_lightning.module import PreferenceModule
+    from betadpo_lightning.core.logps import sequence_entropy
+    from betadpo_lightning.training.module import PreferenceModule
     from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs
 
     pl.seed_everything(0)
@@ -187,8 +187,8 @@ def test_beta_dpo_on_the_mallows_theta_loss(tmp_path):
     import lightning.pytorch as pl
 
     from betadpo_lightning.callbacks import DynamicBetaCallback
-    from betadpo_lightning.controllers import BetaDPOController
-    from betadpo_lightning.module import PreferenceModule
+    from betadpo_lightning.core.controllers import BetaDPOController
+    from betadpo_lightning.training.module import PreferenceModule
     from helpers.tiny import TINY_LLAMA, RandomPairs, resumable_loader
     from helpers.trainers import quiet_trainer
 

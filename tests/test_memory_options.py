@@ -12,9 +12,9 @@ import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.parallel import data_parallel_mesh
-from betadpo_lightning.reference import AdapterReference, FrozenReference
+from betadpo_lightning.models.reference import AdapterReference, FrozenReference
+from betadpo_lightning.models.sharding import data_parallel_mesh
+from betadpo_lightning.training.module import PreferenceModule
 from conftest import save_tiny_model
 from helpers.recorder import Recorder, params_of
 from helpers.tiny import RandomPairs, collate_pairs, resumable_loader

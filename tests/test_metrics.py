@@ -8,8 +8,8 @@ import pickle
 import pytest
 import torch
 
-from betadpo_lightning.metrics import MomentMetric, PreferenceMetrics, RewardAccuracy
-from betadpo_lightning.types import PairData
+from betadpo_lightning.core.types import PairData
+from betadpo_lightning.training.metrics import MomentMetric, PreferenceMetrics, RewardAccuracy
 
 
 def _batches(seed: int, sizes=(3, 7, 1, 5)):

@@ -10,11 +10,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
-from betadpo_lightning.controllers import BetaDPOController, ConstantBetaController
-from betadpo_lightning.losses import dpo_loss
-from betadpo_lightning.metrics import PreferenceMetrics
-from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.types import LOGPS_FIELDS
+from betadpo_lightning.core.controllers import BetaDPOController, ConstantBetaController
+from betadpo_lightning.core.losses import dpo_loss
+from betadpo_lightning.core.types import LOGPS_FIELDS
+from betadpo_lightning.training.metrics import PreferenceMetrics
+from betadpo_lightning.training.module import PreferenceModule
 from helpers.logger import MemoryLogger
 from helpers.recorder import Recorder, params_of
 from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs, resumable_loader
@@ -220,7 +220,7 @@ def test_token_id_outside_a_vocabulary_is_named_once_before_training(tmp_path, s
     """Data tokenized with a 600-token tokenizer, a policy or a reference whose embedding has 48 rows: the first
     out-of-range id is named with its split, row and part before any step (instead of an IndexError mid-step)."""
     from betadpo_lightning.data import PreferenceDataModule
-    from betadpo_lightning.reference import FrozenReference
+    from betadpo_lightning.models.reference import FrozenReference
     from conftest import save_tiny_model
 
     small_dir = save_tiny_model(tmp_path / "small")  # TINY_LLAMA: 48 rows, no tokenizer

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
-from betadpo_lightning.controllers import BetaDPOController, ConstantBetaController
-from betadpo_lightning.module import PreferenceModule
+from betadpo_lightning.core.controllers import BetaDPOController, ConstantBetaController
+from betadpo_lightning.training.module import PreferenceModule
 from helpers import reference_impls as ref
 from helpers.recorder import Recorder, params_of
 from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs, resumable_loader

@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
-from betadpo_lightning.controllers import BetaDPOController
-from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.schedulers import LinearWarmup
+from betadpo_lightning.core.controllers import BetaDPOController
+from betadpo_lightning.training.module import PreferenceModule
+from betadpo_lightning.training.schedulers import LinearWarmup
 from helpers.logger import MemoryLogger
 from helpers.recorder import params_of
 from helpers.tiny import TINY_LLAMA, RandomPairs, resumable_loader

@@ -1,4 +1,5 @@
-"""``python -m betadpo_lightning.plot``: which log folder it reads, the PNGs it writes from a Lightning metrics.csv,
+"""``python -m betadpo_lightning.commands.plot``: which log folder it reads, the PNGs it writes from a Lightning
+metrics.csv,
 and a clear message for a folder without logs or without matplotlib (the plots of a real run: test_run_summary.py)."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from betadpo_lightning.plot import PlotError, find_log_dir, main, plot_run, read_metrics
+from betadpo_lightning.commands.plot import PlotError, find_log_dir, main, plot_run, read_metrics
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COLUMNS = ["epoch", "step", "train/loss", "train/beta", "val/loss", "val/rewards/accuracies"]

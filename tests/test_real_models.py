@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.data.synthetic import SyntheticConfig
-from betadpo_lightning.module import PreferenceModule
+from betadpo_lightning.training.module import PreferenceModule
 from conftest import save_tiny_model
 from helpers.recorder import params_of
 from helpers.tiny import RandomPairs, collate_pairs, resumable_loader
@@ -123,7 +123,7 @@ def test_load_from_checkpoint_of_a_local_directory_run(tmp_path, tiny_model_dir)
 
 
 def test_resume_against_another_reference_checkpoint_says_what_differs(tmp_path, tiny_model_dir):
-    from betadpo_lightning.reference import FrozenReference
+    from betadpo_lightning.models.reference import FrozenReference
 
     other = save_tiny_model(tmp_path / "other", seed=5)
     first = PreferenceModule(model_name_or_path=str(tiny_model_dir))

@@ -15,18 +15,18 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from transformers import AutoModelForCausalLM
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
-from betadpo_lightning.controllers import ConstantBetaController
+from betadpo_lightning.core.controllers import ConstantBetaController
+from betadpo_lightning.core.logps import sequence_entropy, sequence_logps
+from betadpo_lightning.core.types import PairData
 from betadpo_lightning.data.collate import collate_preference_pairs
-from betadpo_lightning.logps import sequence_entropy, sequence_logps
-from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.reference import (
+from betadpo_lightning.models.reference import (
     AdapterReference,
     FrozenReference,
     NoReference,
     PrecomputedReference,
     ReferenceProvider,
 )
-from betadpo_lightning.types import PairData
+from betadpo_lightning.training.module import PreferenceModule
 from conftest import save_tiny_model
 from helpers.recorder import Recorder, params_of
 from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs, resumable_loader

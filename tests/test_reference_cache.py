@@ -10,12 +10,12 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from betadpo_lightning import reference_cache
 from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.data.synthetic import SyntheticConfig
-from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.reference import FrozenReference, PrecomputedReference
-from betadpo_lightning.reference_cache import COLUMNS, StaleCacheError
+from betadpo_lightning.models import reference_cache
+from betadpo_lightning.models.reference import FrozenReference, PrecomputedReference
+from betadpo_lightning.models.reference_cache import COLUMNS, StaleCacheError
+from betadpo_lightning.training.module import PreferenceModule
 from conftest import save_tiny_model
 from helpers.recorder import Recorder
 from helpers.trainers import quiet_trainer

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from betadpo_lightning.plot import PLOTS, read_metrics
-from betadpo_lightning.run_summary import RunSummary
+from betadpo_lightning.commands.plot import PLOTS, read_metrics
+from betadpo_lightning.commands.run_summary import RunSummary
 
 ROOT = Path(__file__).parents[1]
 CLI = ROOT / "cli.py"
@@ -33,7 +33,7 @@ TINY = [
 ]
 DRIVER = """
 import json, sys
-from betadpo_lightning.cli import main
+from betadpo_lightning.commands.cli import main
 out, sys.argv[1:] = sys.argv[1], sys.argv[2:]
 trainer = main().trainer
 metrics = {k: v.item() for k, v in trainer.callback_metrics.items() if v.numel() == 1}
@@ -96,14 +96,14 @@ def test_summary_shows_the_final_metrics_and_where_things_are(fit_run):
     export = [
         "python",
         "-m",
-        "betadpo_lightning.export",
+        "betadpo_lightning.commands.export",
         "--ckpt_path",
         str(last),
         "--output_dir",
         str(root / "export"),
     ]
     assert _field(lines, "export") == shlex.join(export)
-    assert _field(lines, "plots") == shlex.join(["python", "-m", "betadpo_lightning.plot", str(log_dir)])
+    assert _field(lines, "plots") == shlex.join(["python", "-m", "betadpo_lightning.commands.plot", str(log_dir)])
 
 
 @pytest.mark.slow
@@ -162,7 +162,10 @@ def test_plot_command_of_the_summary_writes_the_pngs(fit_run):
 @pytest.mark.slow
 def test_plot_command_takes_the_run_folder(fit_run, tmp_path):
     root, _, _, _ = fit_run
-    _run([sys.executable, "-m", "betadpo_lightning.plot", str(root), "--output", str(tmp_path / "pngs")], cwd=tmp_path)
+    _run(
+        [sys.executable, "-m", "betadpo_lightning.commands.plot", str(root), "--output", str(tmp_path / "pngs")],
+        cwd=tmp_path,
+    )
     assert len(list((tmp_path / "pngs").glob("*.png"))) == len(PLOTS)
 
 

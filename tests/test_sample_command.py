@@ -1,4 +1,5 @@
-"""The sample command (`python -m betadpo_lightning.sample`) prints, for each prompt, what `model.generate` gives."""
+"""The sample command (`python -m betadpo_lightning.commands.sample`) prints, for each prompt, what `model.generate`
+gives."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from betadpo_lightning.export import main as export
-from betadpo_lightning.module import PreferenceModule
+from betadpo_lightning.commands.export import main as export
+from betadpo_lightning.training.module import PreferenceModule
 from helpers.exports import adamw, fit_random_pairs
 
 
@@ -30,7 +31,7 @@ def _generated(model, tokenizer, ids: list[int], **options) -> str:
 
 
 def test_sample_prints_the_responses_generate_gives(exported_chat_model, tmp_path, capsys):
-    from betadpo_lightning.sample import main as sample
+    from betadpo_lightning.commands.sample import main as sample
 
     model = AutoModelForCausalLM.from_pretrained(str(exported_chat_model))
     tokenizer = AutoTokenizer.from_pretrained(str(exported_chat_model))

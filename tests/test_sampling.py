@@ -17,12 +17,12 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 
 from betadpo_lightning.callbacks import DynamicBetaCallback, SampleGenerations
-from betadpo_lightning.cli import main
-from betadpo_lightning.controllers import BetaDPOController
+from betadpo_lightning.commands.cli import main
+from betadpo_lightning.core.controllers import BetaDPOController
 from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.data.synthetic import SyntheticConfig, gold_reward
-from betadpo_lightning.generation import next_tokens, until_eos
-from betadpo_lightning.module import PreferenceModule
+from betadpo_lightning.models.generation import next_tokens, until_eos
+from betadpo_lightning.training.module import PreferenceModule
 from helpers.trainers import quiet_trainer
 
 CONFIG = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}

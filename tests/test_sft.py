@@ -21,12 +21,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.data.loader import eval_loader
 from betadpo_lightning.data.synthetic import SyntheticConfig
-from betadpo_lightning.metrics import MeanOfSums
-from betadpo_lightning.models import tokenizer_config_defaults
-from betadpo_lightning.module import PreferenceModule
-from betadpo_lightning.schedulers import LinearWarmup
-from betadpo_lightning.scoring import score_rows
-from betadpo_lightning.sft import SFTModule, chosen_rows, response_token_count
+from betadpo_lightning.models.building import tokenizer_config_defaults
+from betadpo_lightning.models.scoring import score_rows
+from betadpo_lightning.training.metrics import MeanOfSums
+from betadpo_lightning.training.module import PreferenceModule
+from betadpo_lightning.training.schedulers import LinearWarmup
+from betadpo_lightning.training.sft import SFTModule, chosen_rows, response_token_count
 from helpers.exports import peft_loading
 from helpers.trainers import quiet_trainer
 
@@ -267,7 +267,7 @@ def test_sft_config_has_the_preference_configs_model():
 
 
 def test_preference_cli_loads_the_sft_model(trained):
-    from betadpo_lightning.cli import main
+    from betadpo_lightning.commands.cli import main
 
     _, output, _, _ = trained
     on_cpu = ["--trainer.accelerator=cpu", "--trainer.devices=1", "--trainer.logger=false"]
@@ -298,7 +298,7 @@ def test_written_config_keeps_the_models_dropout(data, tmp_path):
 
 
 def test_cli_fit_writes_the_model_and_a_csv_log(tmp_path):
-    from betadpo_lightning.sft_cli import main
+    from betadpo_lightning.commands.sft_cli import main
 
     args = ["fit", "--config", str(SFT_CONFIG), "--trainer.max_steps", "3", "--trainer.default_root_dir", str(tmp_path)]
     args += ["--model.output_dir", str(tmp_path / "model"), "--data.synthetic.train_size", "64"]
@@ -321,7 +321,7 @@ def test_cli_fit_writes_the_model_and_a_csv_log(tmp_path):
 
 def test_module_help_runs():
     result = subprocess.run(
-        [sys.executable, "-m", "betadpo_lightning.sft", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "betadpo_lightning.training.sft", "--help"], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
     assert "fit" in result.stdout
@@ -340,7 +340,7 @@ def test_refused_options():
 
 
 def test_cli_names_the_refused_option(capsys, tmp_path):
-    from betadpo_lightning.sft_cli import main
+    from betadpo_lightning.commands.sft_cli import main
 
     base = ["--config", str(SFT_CONFIG), "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
     with pytest.raises(SystemExit) as exit_info:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
-from betadpo_lightning.cli import main
-from betadpo_lightning.controllers import BetaDPOController
+from betadpo_lightning.commands.cli import main
+from betadpo_lightning.core.controllers import BetaDPOController
 from helpers.evaluation import Perturb, module_and_data
 from helpers.trainers import quiet_trainer
 

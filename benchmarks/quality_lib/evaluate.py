@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from betadpo_lightning.core.losses import pair_margins
 from betadpo_lightning.data.collate import collate_preference_pairs
 from betadpo_lightning.data.synthetic import gold_reward
 from betadpo_lightning.data.tokenize import special_prefix
-from betadpo_lightning.generation import generate_tokens, left_pad, until_eos
-from betadpo_lightning.losses import pair_margins
-from betadpo_lightning.scoring import head_unsupported_reason, score_rows
+from betadpo_lightning.models.generation import generate_tokens, left_pad, until_eos
+from betadpo_lightning.models.scoring import head_unsupported_reason, score_rows
 
 BATCH = 128
 

@@ -1,7 +1,7 @@
 """The benchmark's jobs, each run in a worker process: the SFT reference of a seed, one preference training run.
 
-Both go through the library's public API: :class:`~betadpo_lightning.sft.SFTModule` and
-:class:`~betadpo_lightning.module.PreferenceModule` under a Lightning ``Trainer`` with a
+Both go through the library's public API: :class:`~betadpo_lightning.training.sft.SFTModule` and
+:class:`~betadpo_lightning.training.module.PreferenceModule` under a Lightning ``Trainer`` with a
 :class:`~betadpo_lightning.data.PreferenceDataModule` on the built-in synthetic data, and a
 :class:`~betadpo_lightning.callbacks.DynamicBetaCallback` whose controller makes the method (constant β, β-DPO,
 ε-DPO). A job returns plain data (JSON-ready) and writes its files under the work folder.
@@ -90,7 +90,7 @@ def _trainer(settings: Settings, steps: int, root: Path, callbacks: list, log: b
 
 
 def _optimizers(lr: float, warmup: int) -> tuple:
-    from betadpo_lightning.schedulers import LinearWarmup
+    from betadpo_lightning.training.schedulers import LinearWarmup
 
     return partial(torch.optim.AdamW, lr=lr, weight_decay=0.0), partial(LinearWarmup, warmup_steps=warmup)
 
@@ -117,7 +117,7 @@ def sft_job(settings: Settings, seed: int, work: Path) -> dict:
     import lightning.pytorch as pl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from betadpo_lightning.sft import SFTModule
+    from betadpo_lightning.training.sft import SFTModule
 
     init_worker()
     start = time.perf_counter()
@@ -144,7 +144,7 @@ def sft_job(settings: Settings, seed: int, work: Path) -> dict:
 
 
 def _controller(method: Method, value: float):
-    from betadpo_lightning.controllers import BetaDPOController, ConstantBetaController, EpsilonBetaController
+    from betadpo_lightning.core.controllers import BetaDPOController, ConstantBetaController, EpsilonBetaController
 
     beta = value if method.knob == "beta" else method.beta
     if method.controller == "beta_dpo":
@@ -176,7 +176,7 @@ def preference_job(settings: Settings, seed: int, regime: Regime, method: Method
     from transformers import AutoTokenizer
 
     from betadpo_lightning.callbacks import DynamicBetaCallback
-    from betadpo_lightning.module import PreferenceModule
+    from betadpo_lightning.training.module import PreferenceModule
 
     init_worker()
     start = time.perf_counter()

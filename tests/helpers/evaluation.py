@@ -9,7 +9,7 @@ import torch
 
 from betadpo_lightning.data import PreferenceDataModule
 from betadpo_lightning.data.synthetic import SyntheticConfig
-from betadpo_lightning.module import PreferenceModule
+from betadpo_lightning.training.module import PreferenceModule
 
 CONFIG = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1}
 CONFIG |= {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 64}

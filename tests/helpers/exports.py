@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
-from betadpo_lightning.logps import sequence_logps
-from betadpo_lightning.module import PreferenceModule
+from betadpo_lightning.core.logps import sequence_logps
+from betadpo_lightning.training.module import PreferenceModule
 from helpers.tiny import RandomPairs, resumable_loader
 from helpers.trainers import quiet_trainer
 

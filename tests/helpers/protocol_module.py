@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from betadpo_lightning.controllers import BetaDPOController
-from betadpo_lightning.losses import pair_margins
-from betadpo_lightning.types import PairData
+from betadpo_lightning.core.controllers import BetaDPOController
+from betadpo_lightning.core.losses import pair_margins
+from betadpo_lightning.core.types import PairData
 
 
 class PairScorer(pl.LightningModule):
@@ -112,7 +112,7 @@ class PerturbedScorer(PairScorer):
 
     def __init__(self, sizes=(3, 5), epsilon: float = 0.2, accumulate: int = 2) -> None:
         super().__init__(sizes=sizes)
-        from betadpo_lightning.controllers import EpsilonBetaController
+        from betadpo_lightning.core.controllers import EpsilonBetaController
 
         self.epsilon_mirror = EpsilonBetaController(beta=0.2, epsilon=epsilon)
         self.accumulate = accumulate

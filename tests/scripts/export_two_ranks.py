@@ -21,8 +21,8 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
 
-from betadpo_lightning.logps import sequence_logps
-from betadpo_lightning.module import PreferenceModule
+from betadpo_lightning.core.logps import sequence_logps
+from betadpo_lightning.training.module import PreferenceModule
 from helpers.tiny import TINY_LLAMA, RandomPairs, RandomPairsData, collate_pairs
 
 

@@ -22,8 +22,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
-from betadpo_lightning.controllers import BetaDPOController
-from betadpo_lightning.module import PreferenceModule
+from betadpo_lightning.core.controllers import BetaDPOController
+from betadpo_lightning.training.module import PreferenceModule
 from helpers.ddp_checks import CrossRankCheck
 from helpers.recorder import Recorder
 from helpers.tiny import TINY_LLAMA, RandomPairsData

@@ -2,9 +2,9 @@
 
 from betadpo_lightning.callbacks.checkpoints import PreferenceCheckpoint
 from betadpo_lightning.callbacks.dynamic_beta import DynamicBetaCallback
-from betadpo_lightning.callbacks.protocol import BetaDecision, BetaProvider, SupportsBetaProvider, static_decision
-from betadpo_lightning.callbacks.reporting import PreferenceReporter
-from betadpo_lightning.callbacks.sampling import SampleGenerations
+from betadpo_lightning.callbacks.generations import SampleGenerations
+from betadpo_lightning.training.decision import BetaDecision, BetaProvider, SupportsBetaProvider, static_decision
+from betadpo_lightning.training.reporting import PreferenceReporter
 
 __all__ = [
     "BetaDecision",

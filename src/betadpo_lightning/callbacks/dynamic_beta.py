@@ -13,12 +13,12 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from betadpo_lightning.callbacks.gather import gather_pairs
-from betadpo_lightning.callbacks.protocol import BetaDecision, static_decision
-from betadpo_lightning.callbacks.reporting import PreferenceReporter, evaluation_stage
-from betadpo_lightning.controllers import BetaController, BetaDPOController
-from betadpo_lightning.losses import pair_margins
-from betadpo_lightning.parallel import close_process_group_at_exit
-from betadpo_lightning.types import PairData, check_extras
+from betadpo_lightning.core.controllers import BetaController, BetaDPOController
+from betadpo_lightning.core.losses import pair_margins
+from betadpo_lightning.core.types import PairData, check_extras
+from betadpo_lightning.models.sharding import close_process_group_at_exit
+from betadpo_lightning.training.decision import BetaDecision, static_decision
+from betadpo_lightning.training.reporting import PreferenceReporter, evaluation_stage
 
 __all__ = ["DynamicBetaCallback"]
 
@@ -45,7 +45,7 @@ class DynamicBetaCallback(Callback):
     Args:
         controller: the rule that turns pairs into β and a keep-mask: :class:`BetaDPOController` (the default,
             with its defaults), :class:`ConstantBetaController` (plain DPO with these metrics), or any object
-            following :class:`~betadpo_lightning.controllers.BetaController`.
+            following :class:`~betadpo_lightning.core.controllers.BetaController`.
     """
 
     def __init__(self, controller: BetaController | None = None) -> None:
@@ -72,7 +72,7 @@ class DynamicBetaCallback(Callback):
         if not hasattr(pl_module, "beta_provider"):
             raise MisconfigurationException(
                 f"{name} has no `beta_provider` attribute, so it cannot use DynamicBetaCallback. "
-                "See `betadpo_lightning.callbacks.protocol` for the small protocol a module must follow."
+                "See `betadpo_lightning.training.decision` for the small protocol a module must follow."
             )
         controller = type(self.controller).__name__
         try:
@@ -124,7 +124,7 @@ class DynamicBetaCallback(Callback):
             pairs: this rank's pairs, ``(B,)`` fields, with the extras in :attr:`required_extras`.
 
         Returns:
-            The :class:`~betadpo_lightning.callbacks.protocol.BetaDecision` for this rank.
+            The :class:`~betadpo_lightning.training.decision.BetaDecision` for this rank.
         """
         trainer = self._trainer
         if trainer is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from lightning.pytorch.strategies import Strategy
 
-from betadpo_lightning.types import PairData
+from betadpo_lightning.core.types import PairData
 
 __all__ = ["gather_pairs"]
 

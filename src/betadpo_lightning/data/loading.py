@@ -26,7 +26,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from betadpo_lightning.data.errors import PreferenceDataError
 from betadpo_lightning.data.files import copy_without, csv_text_options, describe, find_bad_lines
-from betadpo_lightning.hub import hub_errors, require_reachable
+from betadpo_lightning.models.hub import hub_errors, require_reachable
 
 DataFiles = str | Sequence[str] | Mapping[str, str | Sequence[str]]
 

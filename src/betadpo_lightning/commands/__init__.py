@@ -1,0 +1,1 @@
+"""Entry points: the command line, export, sampling, plots and run summaries."""

@@ -1,0 +1,104 @@
+"""One forward of the policy and the reference over a preference batch, reduced to the pairs' values."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_info
+from torch import Tensor, nn
+
+from betadpo_lightning.core.types import PairData
+from betadpo_lightning.models.reference import ReferenceProvider
+from betadpo_lightning.models.scoring import head_unsupported_reason, perturbed_rows, score_rows
+
+__all__ = ["ModelPair", "PairForward"]
+
+
+@dataclass(frozen=True)
+class ModelPair:
+    """The policy, the separate reference model (if any) and the provider that says how to use it."""
+
+    policy: nn.Module
+    reference: nn.Module | None
+    provider: ReferenceProvider
+
+
+class PairForward:
+    """Scores the ``2B`` rows with the policy (with gradients) and the reference (without) and pairs them up.
+
+    Chooses, per model, the response-only head or the full logits (:mod:`~betadpo_lightning.models.scoring`) and logs
+    the
+    reason of a fallback once.
+
+    Args:
+        head: ``"auto"`` (the head where supported) or ``"full"`` (always full logits).
+    """
+
+    def __init__(self, head: str = "auto") -> None:
+        self.head = head
+        self._support: dict[int, bool] = {}
+
+    def use_head(self, *models: nn.Module) -> bool:
+        """Whether the response-only head serves all of ``models``."""
+        if self.head == "full":
+            return False
+        for model in models:
+            if id(model) not in self._support:
+                reason = head_unsupported_reason(model)
+                self._support[id(model)] = reason is None
+                if reason is not None:
+                    rank_zero_info(f"PreferenceModule: full logits for {type(model).__name__}: {reason}.")
+        return all(self._support[id(model)] for model in models)
+
+    def __call__(
+        self,
+        models: ModelPair,
+        batch: dict[str, Tensor],
+        average: bool,
+        extras: frozenset[str] = frozenset(),
+        epsilon: float | None = None,
+    ) -> PairData:
+        """The batch's pairs: the four log-probs ``(B,)``, token counts, and the requested extras.
+
+        Args:
+            models: the models.
+            batch: ``input_ids``, ``attention_mask``, ``labels`` ``(2B, T)``; ``pair_index`` ``(B,)``; precomputed
+                reference fields when the provider reads them.
+            average: length-averaged log-probabilities instead of sums.
+            extras: extra groups beyond ``lengths``: ``reference_entropy``, ``perturbed_logps``.
+            epsilon: ε of ``perturbed_logps``.
+
+        Raises:
+            ValueError: for perturbed log-probs without ε or without a reference model.
+        """
+        labels = batch["labels"]
+        lengths = (labels[:, 1:] != -100).sum(-1).float()  # (2B,)
+        entropy, perturb = "reference_entropy" in extras, "perturbed_logps" in extras
+        provider, policy_model = models.provider, models.policy
+        if perturb and (epsilon is None or not provider.has_model):
+            raise ValueError("Perturbed log-probs need an `epsilon` and a reference model (reference logits).")
+        # Perturbed log-probs combine both models' logits chunk by chunk: both on the same path.
+        head = self.use_head(policy_model, *([models.reference or policy_model] if perturb else []))
+        policy = score_rows(policy_model, batch, head, average, keep=perturb)
+        context = provider.model(policy_model, models.reference) if provider.has_model else nullcontext()
+        with torch.no_grad(), context as model:
+            if model is not None:
+                ref_head = head if perturb else self.use_head(model)
+                ref = score_rows(model, batch, ref_head, average, entropy, keep=perturb)
+                reference, ref_entropy = ref.logps, ref.entropy
+            else:
+                reference, ref_entropy = provider.rows(batch, entropy)
+                reference = reference / lengths.clamp(min=1) if average else reference  # precomputed: sums
+            perturbed = perturbed_rows(policy, ref, labels, epsilon) if perturb else None  # type: ignore[arg-type]
+        if perturbed is not None and average:
+            perturbed = (perturbed[0] / lengths.clamp(min=1), perturbed[1] / lengths.clamp(min=1))
+        return PairData.from_rows(
+            policy.logps,
+            reference.to(policy.logps.dtype),
+            perturbed,
+            lengths=lengths,
+            reference_entropy=ref_entropy,
+            pair_index=batch.get("pair_index"),
+        )

@@ -1,0 +1,1 @@
+"""Training: the Lightning modules, the β decision, the non-finite guard, metrics and reporting."""

@@ -1,0 +1,178 @@
+"""torchmetrics for preference training: reward accuracy, mean rewards and log-probs, margin moments.
+
+Every state is a sum reduced with ``dist_reduce_fx="sum"``, so ``compute()`` after a distributed update equals the
+single-process result on all the data (no averaging of per-rank averages, whatever the per-rank sizes).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from betadpo_lightning.core.losses import pair_margins, pair_rewards
+from betadpo_lightning.core.types import PairData
+
+__all__ = ["MeanOfSums", "MomentMetric", "PreferenceMetrics", "RewardAccuracy"]
+
+
+class RewardAccuracy(Metric):
+    """Fraction of pairs whose chosen reward is strictly greater than the rejected one (ties count as wrong).
+
+    Example:
+        >>> metric = RewardAccuracy()
+        >>> metric.update(torch.tensor([1.0, 0.0, 2.0]), torch.tensor([0.0, 0.0, 3.0]))
+        >>> metric.compute()
+        tensor(0.3333)
+    """
+
+    full_state_update = False
+    higher_is_better = True
+    correct: Tensor
+    total: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("correct", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, chosen_rewards: Tensor, rejected_rewards: Tensor) -> None:
+        """Count the pairs of a batch.
+
+        Args:
+            chosen_rewards: rewards of the chosen responses, shape ``(B,)``.
+            rejected_rewards: rewards of the rejected responses, shape ``(B,)``.
+        """
+        self.correct += (chosen_rewards > rejected_rewards).sum().to(self.correct.dtype)
+        self.total += chosen_rewards.numel()
+
+    def compute(self) -> Tensor:
+        """Accuracy over every pair seen since the last reset (0 when none)."""
+        return (self.correct / self.total.clamp(min=1)).float()
+
+
+class MeanOfSums(Metric):
+    """Mean of all values seen, from a float64 running sum and count.
+
+    Example:
+        >>> metric = MeanOfSums()
+        >>> metric.update(torch.tensor([1.0, 2.0])); metric.update(torch.tensor([6.0]))
+        >>> metric.compute()
+        tensor(3.)
+    """
+
+    full_state_update = False
+    total: Tensor
+    count: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor, count: Tensor | int | None = None) -> None:
+        """Add the values of a batch, any shape.
+
+        Args:
+            values: the values; with ``count``, their sum over ``count`` items (e.g. an NLL summed over tokens).
+            count: how many items ``values`` sums (``None``: ``values.numel()``).
+        """
+        self.total += values.detach().to(torch.float64).sum()
+        self.count += values.numel() if count is None else torch.as_tensor(count).detach().to(torch.float64)
+
+    def compute(self) -> Tensor:
+        """The mean (0 when nothing was seen)."""
+        return (self.total / self.count.clamp(min=1)).float()
+
+
+class MomentMetric(Metric):
+    """Mean and unbiased standard deviation of all values seen, from sum, sum of squares and count.
+
+    Example:
+        >>> metric = MomentMetric()
+        >>> metric.update(torch.tensor([1.0, 2.0, 3.0]))
+        >>> [round(float(v), 4) for v in metric.compute()]
+        [2.0, 1.0]
+    """
+
+    full_state_update = False
+    total: Tensor
+    total_sq: Tensor
+    count: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name in ("total", "total_sq", "count"):
+            self.add_state(name, default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor) -> None:
+        """Add the values of a batch, any shape."""
+        v = values.detach().to(torch.float64)
+        self.total += v.sum()
+        self.total_sq += (v * v).sum()
+        self.count += v.numel()
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """``(mean, std)``; std is 0 with fewer than two values."""
+        n = self.count.clamp(min=1)
+        mean = self.total / n
+        var = (self.total_sq - n * mean * mean).clamp(min=0) / (self.count - 1).clamp(min=1)
+        return mean.float(), var.sqrt().float()
+
+
+class PreferenceMetrics(torch.nn.Module):
+    """The per-pair statistics logged for a stage, under TRL's names.
+
+    Keys of :meth:`compute`: ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``,
+    ``logps/chosen``, ``logps/rejected``, ``margins/mean``, ``margins/std`` (the last two are the DPO margins
+    ``h`` without β, the quantity β-DPO calibrates on).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.accuracy = RewardAccuracy()
+        self.chosen_rewards = MeanOfSums()
+        self.rejected_rewards = MeanOfSums()
+        self.reward_margins = MeanOfSums()
+        self.chosen_logps = MeanOfSums()
+        self.rejected_logps = MeanOfSums()
+        self.margins = MomentMetric()
+        self.num_batches = 0
+
+    def update(self, pairs: PairData, beta: float) -> None:
+        """Add a batch of pairs.
+
+        Args:
+            pairs: the batch's per-pair log-probabilities, ``(B,)`` each (detached or not).
+            beta: the β that scales the logged rewards (the base β0, as TRL logs).
+        """
+        pairs = pairs.detach()
+        chosen, rejected = (reward.float() for reward in pair_rewards(pairs, beta))
+        self.accuracy.update(chosen, rejected)
+        self.chosen_rewards.update(chosen)
+        self.rejected_rewards.update(rejected)
+        self.reward_margins.update(chosen - rejected)
+        self.chosen_logps.update(pairs.policy_chosen_logps)
+        self.rejected_logps.update(pairs.policy_rejected_logps)
+        self.margins.update(pair_margins(pairs))
+        self.num_batches += 1
+
+    def compute(self) -> dict[str, Tensor]:
+        """All values since the last reset; a collective call under DDP (every rank must call it)."""
+        margin_mean, margin_std = self.margins.compute()
+        return {
+            "rewards/chosen": self.chosen_rewards.compute(),
+            "rewards/rejected": self.rejected_rewards.compute(),
+            "rewards/margins": self.reward_margins.compute(),
+            "rewards/accuracies": self.accuracy.compute(),
+            "logps/chosen": self.chosen_logps.compute(),
+            "logps/rejected": self.rejected_logps.compute(),
+            "margins/mean": margin_mean,
+            "margins/std": margin_std,
+        }
+
+    def reset(self) -> None:
+        """Start a new window."""
+        for metric in self.children():
+            metric.reset()
+        self.num_batches = 0
