@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
-from betadpo_lightning.callbacks import BetaDecision, DynamicBetaCallback, static_decision
+from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.core.controllers import BetaDPOController, BetaStep, ConstantBetaController
-from betadpo_lightning.core.types import PairData
+from betadpo_lightning.core.types import PairRequest
+from betadpo_lightning.training.decision import BetaDecision, StaticBeta, static_decision
 from helpers.logger import MemoryLogger
 from helpers.protocol_module import PairScorer
 from helpers.trainers import quiet_trainer
@@ -44,7 +45,7 @@ def test_foreign_module_gets_the_single_process_beta_mask_and_gradient(tmp_path)
         assert record["normalizer"].item() == expected["keep"].sum().item() == 6  # k = floor(8 · 0.75)
         torch.testing.assert_close(record["grad"], expected["grad"])
     assert callback.controller.num_steps == 5
-    assert module.beta_provider is None  # detached again at teardown
+    assert isinstance(module.beta_provider, StaticBeta)  # its own provider again after teardown
 
 
 def test_validation_uses_beta0_keeps_every_pair_and_changes_nothing(tmp_path):
@@ -56,8 +57,8 @@ def test_validation_uses_beta0_keeps_every_pair_and_changes_nothing(tmp_path):
     seen = []
     original = callback.decide
 
-    def spy(pairs):
-        decision = original(pairs)
+    def spy(pairs, margins, training):
+        decision = original(pairs, margins, training)
         seen.append(decision)
         return decision
 
@@ -152,12 +153,13 @@ def test_module_without_the_protocol_is_refused(tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    with pytest.raises(MisconfigurationException, match="beta_provider"):
+    lacks = r"Plain cannot use DynamicBetaCallback: it lacks `beta_provider`.*`preference_loss`.*`pair_extras`"
+    with pytest.raises(MisconfigurationException, match=lacks):
         _trainer(tmp_path, 1, DynamicBetaCallback()).fit(Plain(), train_dataloaders=[torch.zeros(1)])
 
 
 class _NeedsEntropy(ConstantBetaController):
-    requires = frozenset({"reference_entropy"})
+    request = PairRequest(frozenset({"reference_entropy"}))
 
 
 def test_controller_needing_what_the_module_lacks_is_refused(tmp_path):
@@ -184,7 +186,7 @@ def test_per_pair_beta_reaches_the_module(tmp_path):
 
 def test_beta_disagreement_is_warned(tmp_path):
     module = PairScorer(sizes=(4,))
-    module.beta = 0.5
+    module.beta_provider = StaticBeta(0.5)
     with pytest.warns(UserWarning, match="differ"):
         _trainer(tmp_path, 1, DynamicBetaCallback(), limit_val_batches=0).fit(module)
 
@@ -194,7 +196,7 @@ def test_decision_reduce_and_static_decision():
     losses = torch.tensor([1.0, 100.0, 3.0])
     decision = BetaDecision(torch.tensor(0.1), torch.tensor([True, False, True]), torch.tensor(1.0))
     assert decision.reduce(losses).item() == 4.0
-    static = static_decision(PairData(*torch.zeros(4, 3)), 0.3)
+    static = static_decision(3, 0.3)
     assert static.reduce(losses).item() == pytest.approx(104 / 3)
     assert static.beta.item() == pytest.approx(0.3)
     h = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)

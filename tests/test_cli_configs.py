@@ -90,7 +90,7 @@ def test_null_section_trains_without_the_callback(tmp_path):
     config.write_text(yaml.safe_dump(settings))
     cli = _cli(["--config", str(config), *ON_CPU])
     assert _beta_callbacks(cli.trainer) == []
-    assert cli.model.beta_provider is None
+    assert cli.model.beta_provider is cli.model.static_beta
     assert cli.config["dynamic_beta"] is None  # and so in the saved config.yaml
 
 
@@ -107,7 +107,7 @@ def test_help_exits_cleanly(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--dynamic_beta.controller" in out
-    assert "--model.loss_type" in out
+    assert "--model.loss" in out
     assert "--model.reference" in out
 
 

@@ -15,6 +15,7 @@ from betadpo_lightning.core.controllers import (
     derive_seed,
     gumbel_topk_mask,
 )
+from betadpo_lightning.core.types import PairRequest
 from helpers import reference_impls as ref
 
 
@@ -253,8 +254,8 @@ def test_constant_controller():
     assert result.beta.item() == 0.25
     assert result.keep.all()
     assert controller.step(torch.zeros(2), None).beta.item() == 0.25
-    assert controller.requires == frozenset()
-    assert controller.scope == "micro_batch"
+    assert controller.request == PairRequest()
+    assert not (controller.adapts_beta or controller.filters or controller.per_pair_beta)
     with pytest.raises(ValueError, match="beta"):
         ConstantBetaController(beta=-1.0)
 

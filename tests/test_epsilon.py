@@ -14,7 +14,8 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.core.controllers import BetaDPOController, EpsilonBetaController, perturbation_signs
 from betadpo_lightning.core.logps import perturbed_sequence_logps
-from betadpo_lightning.core.types import PairData
+from betadpo_lightning.core.losses import MallowsThetaLoss
+from betadpo_lightning.core.types import PairData, PairRequest
 from betadpo_lightning.models.reference import NoReference, PrecomputedReference
 from betadpo_lightning.training.module import PreferenceModule
 from helpers import reference_impls as ref
@@ -120,7 +121,7 @@ def test_module_perturbed_logps_are_float32_and_give_nonzero_steps(dtype):
     module = _module()
     module.to(dtype)
     batch = collate_pairs([RandomPairs(32, seed=3)[i] for i in range(16)])
-    pairs = module.forward_pairs(batch, frozenset({"perturbed_logps"}), epsilon=0.01)
+    pairs = module.forward_pairs(batch, PairRequest(frozenset({"perturbed_logps"}), epsilon=0.01))
     assert pairs.plus_chosen_logps.dtype == torch.float32
     with torch.no_grad():
         z = module.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -162,14 +163,14 @@ def test_meaningless_combinations_are_refused(tmp_path):
     precomputed = PreferenceModule(model_config=TINY_LLAMA, reference=PrecomputedReference())
     with pytest.raises(MisconfigurationException, match=r"EpsilonBetaController needs \['perturbed_logps'\]"):
         quiet_trainer(tmp_path, 1, [DynamicBetaCallback(EpsilonBetaController())]).fit(precomputed, loader)
-    ipo = PreferenceModule(model_config=TINY_LLAMA, loss_type="ipo")
-    with pytest.raises(MisconfigurationException, match="not 'ipo'"):
+    ipo = PreferenceModule(model_config=TINY_LLAMA, loss="ipo")
+    with pytest.raises(MisconfigurationException, match=r"logistic link σ\(β·h\), and IPOLoss\(\) has none"):
         quiet_trainer(tmp_path, 1, [DynamicBetaCallback(EpsilonBetaController())]).fit(ipo, loader)
-    free = PreferenceModule(model_config=TINY_LLAMA, reference_free=True)
+    free = PreferenceModule(model_config=TINY_LLAMA, loss=MallowsThetaLoss(reference_free=True))
     with pytest.raises(MisconfigurationException, match="BetaDPOController adapts β from margins relative"):
         quiet_trainer(tmp_path, 1, [DynamicBetaCallback(BetaDPOController())]).fit(free, loader)
-    with pytest.raises(ValueError, match=r"loss_type='mallows_theta' needs \['reference_entropy'\].*NoReference"):
-        PreferenceModule(model_config=TINY_LLAMA, loss_type="mallows_theta", reference=NoReference())
+    with pytest.raises(ValueError, match=r"MallowsThetaLoss\(.*\) needs \['reference_entropy'\].*NoReference"):
+        PreferenceModule(model_config=TINY_LLAMA, loss="mallows_theta", reference=NoReference())
 
 
 def test_epsilon_dpo_step_through_the_module_equals_the_formula():
@@ -179,20 +180,22 @@ def test_epsilon_dpo_step_through_the_module_equals_the_formula():
     controller = EpsilonBetaController(beta=0.5, epsilon=0.3)
 
     class Provider:  # the callback's role outside a Trainer: the controller on the local pairs
-        def __init__(self) -> None:
-            self.required_extras = controller.requires
-            self.pair_settings = {"epsilon": 0.3}
+        beta0 = 0.5
+        request = controller.request
 
-        def decide(self, pairs):
-            from betadpo_lightning.callbacks import BetaDecision
+        def decide(self, pairs, margins, training):
+            from betadpo_lightning.training.decision import BetaDecision
 
-            result = controller.step(pairs.policy_chosen_logps, pairs)
+            result = controller.step(margins, pairs)
             self.signs = perturbation_signs(pairs)
             return BetaDecision(result.beta, result.keep, torch.tensor(float(len(pairs))))
 
+        def skip_step(self):
+            pass
+
     module.beta_provider = provider = Provider()
-    loss = module._step(batch, "train")["loss"]
-    pairs = module.forward_pairs(batch, frozenset({"perturbed_logps"}), epsilon=0.3)
+    loss = module._step(batch, "train")
+    pairs = module.forward_pairs(batch, PairRequest(frozenset({"perturbed_logps"}), epsilon=0.3))
     h = (
         (pairs.policy_chosen_logps - pairs.reference_chosen_logps)
         - (pairs.policy_rejected_logps - pairs.reference_rejected_logps)

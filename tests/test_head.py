@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from betadpo_lightning.core import head as head_module
+from betadpo_lightning.core import chunked
 from betadpo_lightning.core.head import head_perturbed_logps, head_token_stats, linear_log_softmax
 from betadpo_lightning.core.logps import gather_log_softmax, perturbed_sequence_logps, sequence_entropy, sequence_logps
 from betadpo_lightning.models.building import disable_dropout
@@ -35,7 +35,7 @@ CONFIGS = {
 @pytest.fixture(autouse=True)
 def _small_chunks(monkeypatch):
     """Chunks of 2 rows, so that every computation spans many chunks."""
-    monkeypatch.setattr(head_module, "CHUNK_ELEMENTS", 2 * 48)
+    monkeypatch.setattr(chunked, "CHUNK_ELEMENTS", 2 * 48)
 
 
 def _model(config: dict) -> torch.nn.Module:
@@ -194,8 +194,8 @@ def test_module_head_option_forces_full_logits():
     full.configure_model()
     full.load_state_dict(auto.state_dict())
     batch = _batch(seed=3)
-    assert auto._use_head(auto.policy)
-    assert not full._use_head(full.policy)
+    assert auto._pair_forward.use_head(auto.policy)
+    assert not full._pair_forward.use_head(full.policy)
     torch.testing.assert_close(
         auto.forward_pairs(batch).policy_chosen_logps, full.forward_pairs(batch).policy_chosen_logps
     )

@@ -37,3 +37,17 @@ def test_lower_layers_do_not_import_lightning():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_collate_loads_no_lightning_transformers_or_datasets():
+    """The pure collate function (what a custom training loop needs) imports none of the heavy frameworks."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import betadpo_lightning.data.collate; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'transformers', 'datasets')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from betadpo_lightning.data.loader import ResumableDataLoader, ResumableSampler, resumable_train_loader
+from betadpo_lightning.data.dataloaders import ResumableDataLoader, ResumableSampler, resumable_train_loader
 from helpers.tiny import RandomPairs, collate_pairs
 
 

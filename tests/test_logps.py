@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from betadpo_lightning.core import logps as logps_module
+from betadpo_lightning.core import chunked as chunked_module
 from betadpo_lightning.core.logps import gather_log_softmax, sequence_entropy, sequence_logps
 from helpers import reference_impls as ref
 
@@ -89,7 +89,7 @@ def test_chunking_changes_nothing(monkeypatch):
     whole_in = logits.clone().requires_grad_()
     whole = sequence_logps(whole_in, labels)
     whole.sum().backward()
-    monkeypatch.setattr(logps_module, "_CHUNK_ELEMENTS", 7 * 2)  # two rows per chunk
+    monkeypatch.setattr(chunked_module, "CHUNK_ELEMENTS", 7 * 2)  # two rows per chunk
     chunked_in = logits.clone().requires_grad_()
     chunked = sequence_logps(chunked_in, labels)
     chunked.sum().backward()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from betadpo_lightning.core.losses import (
-    PAIR_LOSSES,
+    LOSSES,
     dpo_loss,
     dpo_margins,
     hinge_loss,
@@ -17,6 +17,7 @@ from betadpo_lightning.core.losses import (
     robust_loss,
     sigmoid_loss,
 )
+from betadpo_lightning.core.types import PairData
 from helpers import reference_impls as ref
 
 REFERENCE = {"sigmoid": ref.sigmoid_loss, "robust": ref.robust_loss, "ipo": ref.ipo_loss, "hinge": ref.hinge_loss}
@@ -75,12 +76,19 @@ def test_hand_computed_logits_0_10_20():
     torch.testing.assert_close(ipo_loss(h, 0.1), torch.tensor([25.0, 9025.0, 38025.0], dtype=torch.float64))
 
 
-DPO_FAMILY = {name: spec for name, spec in PAIR_LOSSES.items() if not spec.requires}  # MallowsPO: test_mallows.py
-LOSS_AND_SMOOTHING = [
-    (name, eps)
-    for name, spec in sorted(DPO_FAMILY.items())
-    for eps in ([0.0, 0.1, 0.3] if spec.uses_label_smoothing else [0.0])
-]
+DPO_FAMILY = sorted(REFERENCE)  # the classic components; MallowsPO: test_mallows.py, the rest: test_loss_family.py
+SMOOTHED = {"sigmoid", "robust"}  # the components with a `label_smoothing` hyperparameter
+LOSS_AND_SMOOTHING = [(name, eps) for name in DPO_FAMILY for eps in ([0.0, 0.1, 0.3] if name in SMOOTHED else [0.0])]
+
+
+def _component(name: str, label_smoothing: float = 0.0):
+    return LOSSES[name](label_smoothing=label_smoothing) if name in SMOOTHED else LOSSES[name]()
+
+
+def _with_entropy(h: torch.Tensor) -> PairData:
+    """Pairs whose margins are h (reference zero) with a reference entropy of 0.5 (MallowsPO's weight)."""
+    zero, half = torch.zeros_like(h), torch.full_like(h, 0.5)
+    return PairData(h, zero, zero, zero, reference_chosen_entropy=half, reference_rejected_entropy=half)
 
 
 @pytest.mark.parametrize(("name", "label_smoothing"), LOSS_AND_SMOOTHING)
@@ -88,14 +96,14 @@ LOSS_AND_SMOOTHING = [
 @pytest.mark.parametrize("batch_size", [1, 7, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_against_float64_reference(name, label_smoothing, beta, batch_size, dtype):
-    spec = PAIR_LOSSES[name]
+    loss = _component(name, label_smoothing)
     pc, pr, rc, rr = _logps(batch_size, dtype, seed=batch_size)
     if beta == "per_pair":
         beta_t = torch.linspace(0.02, 0.5, batch_size, dtype=torch.float64)
         betas = beta_t.tolist()
     else:
         beta_t, betas = beta, [beta] * batch_size
-    got = spec.fn(dpo_margins(pc, pr, rc, rr), beta_t, label_smoothing)
+    got = loss(PairData(pc, pr, rc, rr), beta_t)
     # The reference sees exactly the values the library saw (after rounding to `dtype`).
     rows = zip(*(t.double().tolist() for t in (pc, pr, rc, rr)), strict=True)
     want = [REFERENCE[name](ref.margin(*row), b, label_smoothing) for row, b in zip(rows, betas, strict=True)]
@@ -105,15 +113,14 @@ def test_against_float64_reference(name, label_smoothing, beta, batch_size, dtyp
     torch.testing.assert_close(got.double(), torch.tensor(want, dtype=torch.float64), **tol)
 
 
-@pytest.mark.parametrize("name", sorted(DPO_FAMILY))
+@pytest.mark.parametrize("name", DPO_FAMILY)
 def test_gradcheck_float64(name):
-    spec = PAIR_LOSSES[name]
-    eps = 0.2 if spec.uses_label_smoothing else 0.0
+    loss = _component(name, 0.2 if name in SMOOTHED else 0.0)
     pc, pr, rc, rr = (t.requires_grad_() for t in _logps(5, torch.float64, seed=3))
     beta = torch.linspace(0.05, 0.3, 5, dtype=torch.float64)
 
     def fn(a, b, c, d):
-        return spec.fn(dpo_margins(a, b, c, d), beta, eps)
+        return loss(PairData(a, b, c, d), beta)
 
     assert torch.autograd.gradcheck(fn, (pc, pr, rc, rr))
 
@@ -123,13 +130,12 @@ def test_gradcheck_dpo_loss_float64():
     assert torch.autograd.gradcheck(lambda *x: dpo_loss(*x, beta=0.2, label_smoothing=0.1), inputs)
 
 
-@pytest.mark.parametrize("name", sorted(PAIR_LOSSES))
+@pytest.mark.parametrize("name", [*DPO_FAMILY, "mallows_theta", "mallows_theta_ipo", "mallows_phi"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_no_nan_or_inf_at_extreme_margins(name, dtype):
     h = torch.tensor([1e4, -1e4, 0.0, 5e3, -5e3], dtype=dtype, requires_grad=True)
-    eps = 0.1 if PAIR_LOSSES[name].uses_label_smoothing else 0.0
-    weight = torch.full((5,), 0.7) if PAIR_LOSSES[name].requires else None  # MallowsPO's dispersion weight
-    loss = PAIR_LOSSES[name].fn(h, 0.1, eps, weight)
+    component = LOSSES[name]()
+    loss = component.forward(_with_entropy(h.detach()), h, 0.1)
     loss.sum().backward()
     assert torch.isfinite(loss).all()
     assert torch.isfinite(h.grad).all()
@@ -190,5 +196,5 @@ def test_bad_arguments_are_named(call, match):
 
 
 def test_ipo_asks_for_averaged_logps():
-    assert PAIR_LOSSES["ipo"].average_logps
-    assert not PAIR_LOSSES["sigmoid"].average_logps
+    assert LOSSES["ipo"]().average_logps
+    assert not LOSSES["sigmoid"]().average_logps

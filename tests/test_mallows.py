@@ -11,13 +11,14 @@ import pytest
 import torch
 
 from betadpo_lightning.core.losses import (
-    PAIR_LOSSES,
+    LOSSES,
     mallows_phi_link,
     mallows_phi_log_link,
     mallows_phi_loss,
     mallows_theta_ipo_loss,
     mallows_theta_loss,
     mallows_weight,
+    sigmoid_loss,
 )
 from helpers import reference_impls as ref
 
@@ -44,7 +45,7 @@ def test_theta_loss_against_the_float64_formula():
         # w = 1 is plain (c)DPO
     torch.testing.assert_close(
         mallows_theta_loss(h, 0.3, torch.ones(16, dtype=torch.float64), 0.1),
-        PAIR_LOSSES["sigmoid"].fn(h, 0.3, 0.1, None),
+        sigmoid_loss(h, 0.3, 0.1),
     )
 
 
@@ -134,15 +135,11 @@ def test_phi_loss_gradient_and_label_smoothing():
 
 def test_registry_declares_what_the_losses_need():
     for name in ("mallows_theta", "mallows_theta_ipo", "mallows_phi"):
-        assert PAIR_LOSSES[name].requires == {"reference_entropy"}
-    assert PAIR_LOSSES["mallows_theta_ipo"].average_logps
-    assert not PAIR_LOSSES["mallows_theta"].average_logps
-    assert {n for n, loss in PAIR_LOSSES.items() if loss.logistic} == {
-        "sigmoid",
-        "robust",
-        "mallows_theta",
-        "mallows_phi",
-    }
+        assert LOSSES[name].requires == {"reference_entropy"}
+    assert LOSSES["mallows_theta_ipo"]().average_logps
+    assert not LOSSES["mallows_theta"]().average_logps
+    classic = ("sigmoid", "robust", "ipo", "hinge", "mallows_theta", "mallows_theta_ipo", "mallows_phi")
+    assert {n for n in classic if LOSSES[n].logistic} == {"sigmoid", "robust", "mallows_theta", "mallows_phi"}
 
 
 @pytest.mark.parametrize(
@@ -159,16 +156,16 @@ def test_mallows_through_the_module_uses_the_reference_entropy(loss_type, refere
     from helpers.tiny import TINY_LLAMA, RandomPairs, collate_pairs
 
     pl.seed_everything(0)
-    module = PreferenceModule(
-        model_config=TINY_LLAMA, loss_type=loss_type, beta=0.8, reference_free=reference_free, home_advantage=0.1
-    )
+    loss_class = LOSSES[loss_type]
+    loss_component = loss_class(home_advantage=0.1, reference_free=reference_free)
+    module = PreferenceModule(model_config=TINY_LLAMA, loss=loss_component, beta=0.8)
     module.configure_model()
     with torch.no_grad():
         for p in module.policy.parameters():
             p.add_(0.05 * torch.randn_like(p))
     batch = collate_pairs([RandomPairs(16, seed=6)[i] for i in range(4)])
-    loss = module._step(batch, "train")["loss"]
-    pairs = module.forward_pairs(batch, frozenset({"reference_entropy"}))
+    loss = module._step(batch, "train")
+    pairs = module.forward_pairs(batch)
     with torch.no_grad():
         logits = module.reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     entropy = sequence_entropy(logits, batch["labels"])  # (2B,), the full-logits path
@@ -194,14 +191,14 @@ def test_beta_dpo_on_the_mallows_theta_loss(tmp_path):
 
     pl.seed_everything(0)
     module = PreferenceModule(
-        model_config=TINY_LLAMA, loss_type="mallows_theta", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2)
+        model_config=TINY_LLAMA, loss="mallows_theta", optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2)
     )
     seen = []
     callback = DynamicBetaCallback(BetaDPOController(rho=0.25))
     decide = callback.decide
 
-    def recording(pairs):
-        decision = decide(pairs)
+    def recording(pairs, margins, training):
+        decision = decide(pairs, margins, training)
         seen.append((pairs, decision))
         return decision
 
@@ -217,6 +214,6 @@ def test_beta_dpo_on_the_mallows_theta_loss(tmp_path):
         w = mallows_weight(pairs.reference_chosen_entropy, pairs.reference_rejected_entropy).double()
         per_pair = mallows_theta_loss(h, decision.beta.double(), w)
         want = (per_pair * decision.keep).sum() / decision.normalizer
-        assert output["loss"].item() == pytest.approx(want.item(), rel=1e-5)
+        assert output.item() == pytest.approx(want.item(), rel=1e-5)
         assert decision.keep.sum().item() == 6  # ⌊8 · 0.75⌋
     assert len({round(d.beta.item(), 8) for _, d in seen}) > 1  # β-DPO moved β

@@ -8,6 +8,7 @@ import pickle
 import pytest
 import torch
 
+from betadpo_lightning.core.losses import pair_margins
 from betadpo_lightning.core.types import PairData
 from betadpo_lightning.training.metrics import MomentMetric, PreferenceMetrics, RewardAccuracy
 
@@ -21,7 +22,7 @@ def test_accumulation_equals_the_concatenation():
     batches, beta = _batches(0), 0.25
     metrics = PreferenceMetrics()
     for batch in batches:
-        metrics.update(PairData(*batch), beta=beta)
+        metrics.update(PairData(*batch), pair_margins(PairData(*batch)), beta=beta)
     pc, pr, rc, rr = (torch.cat([b[i] for b in batches]).double().tolist() for i in range(4))
     chosen = [beta * (a - b) for a, b in zip(pc, rc, strict=True)]
     rejected = [beta * (a - b) for a, b in zip(pr, rr, strict=True)]
@@ -48,11 +49,11 @@ def test_accumulation_equals_the_concatenation():
 def test_reset_starts_a_new_window():
     metrics = PreferenceMetrics()
     for batch in _batches(1):
-        metrics.update(PairData(*batch), beta=0.1)
+        metrics.update(PairData(*batch), pair_margins(PairData(*batch)), beta=0.1)
     metrics.reset()
     assert metrics.num_batches == 0
     batch = _batches(2, sizes=(4,))[0]
-    metrics.update(PairData(*batch), beta=0.1)
+    metrics.update(PairData(*batch), pair_margins(PairData(*batch)), beta=0.1)
     assert metrics.compute()["logps/chosen"].item() == pytest.approx(batch[0].mean().item(), rel=1e-6)
 
 
@@ -73,6 +74,6 @@ def test_moments_of_one_value():
 
 def test_pickles():
     metrics = PreferenceMetrics()
-    metrics.update(PairData(*_batches(3, sizes=(2,))[0]), beta=0.1)
+    metrics.update(PairData(*_batches(3, sizes=(2,))[0]), pair_margins(PairData(*_batches(3, sizes=(2,))[0])), beta=0.1)
     clone = pickle.loads(pickle.dumps(metrics))
     assert clone.compute()["rewards/chosen"].item() == metrics.compute()["rewards/chosen"].item()

@@ -11,8 +11,9 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.core.controllers import BetaDPOController, ConstantBetaController
-from betadpo_lightning.core.losses import dpo_loss
+from betadpo_lightning.core.losses import MallowsThetaLoss, dpo_loss
 from betadpo_lightning.core.types import LOGPS_FIELDS
+from betadpo_lightning.models.reference import FrozenReference
 from betadpo_lightning.training.metrics import PreferenceMetrics
 from betadpo_lightning.training.module import PreferenceModule
 from helpers.logger import MemoryLogger
@@ -79,7 +80,7 @@ def test_plain_dpo_without_callback_matches_the_formula(tmp_path):
     pairs = module.forward_pairs(batch)
     want = dpo_loss(*(pairs.tensors()[k] for k in LOGPS_FIELDS), beta=0.3).mean()
     module.log = lambda *args, **kwargs: None  # outside a Trainer
-    got = module._step(batch, "train")["loss"]
+    got = module._step(batch, "train")
     torch.testing.assert_close(got, want)
     assert got.item() != pytest.approx(math.log(2), abs=1e-3)
 
@@ -167,17 +168,23 @@ def test_resume_mid_run_equals_uninterrupted_run(tmp_path):
         torch.testing.assert_close(params_of(second_module.policy)[key], value, rtol=0, atol=0)
 
 
-def test_ipo_uses_length_averaged_logps():
-    assert _module(loss_type="ipo").average_logps
-    assert not _module().average_logps
-    assert _module(loss_type="sigmoid", average_logps=True).average_logps
+def test_the_loss_declares_length_averaged_logps():
+    assert _module(loss="ipo").preference_loss.average_logps
+    assert not _module().preference_loss.average_logps
+    assert _module(loss=MallowsThetaLoss(average_logps=True)).preference_loss.average_logps
+
+
+def test_the_default_reference_follows_the_loss():
+    # a reference-free MallowsPO loss still reads the reference's entropy: it gets the frozen copy
+    assert isinstance(_module(loss=MallowsThetaLoss(reference_free=True)).reference_provider, FrozenReference)
+    assert isinstance(_module().reference_provider, FrozenReference)
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"loss_type": "kto"}, "loss_type"),
-        ({"loss_type": "ipo", "label_smoothing": 0.1}, "IPO"),
+        ({"loss": "kto"}, "Unknown loss 'kto'"),
+        ({"loss": {"class_path": "torch.nn.MSELoss"}}, "class path of a PreferenceLoss"),
         ({"beta": 0.0}, "beta"),
         ({"model_name_or_path": "some/model"}, "exactly one"),
     ],
@@ -206,7 +213,7 @@ def test_activation_checkpointing_changes_no_number():
     for module in (plain, checkpointed):
         module.log = lambda *args, **kwargs: None
         module.policy.train()
-        module._step(batch, "train")["loss"].backward()
+        module._step(batch, "train").backward()
     assert _checkpointing(checkpointed.policy)
     assert not _checkpointing(plain.policy)
     for (name, a), b in zip(plain.policy.named_parameters(), checkpointed.policy.parameters(), strict=True):
@@ -289,7 +296,8 @@ def test_plain_dpo_without_callback_logs_the_same_metrics_once(tmp_path, monkeyp
     for name, logger in (("alone", alone), ("callback", with_callback)):
         logged = {key for _, metrics in logger.written for key in metrics}
         assert keys <= logged, (name, keys - logged)
-    assert not any(key.startswith("train/beta") for _, metrics in alone.written for key in metrics)
+    assert all(metrics["train/beta"] == pytest.approx(0.2) for _, metrics in alone.written if "train/beta" in metrics)
+    assert not any(key.startswith("train/beta/") for _, metrics in alone.written for key in metrics)
     for key in sorted(keys):
         a, b = alone.rows_with(key), with_callback.rows_with(key)
         assert sorted(a) == sorted(b), key

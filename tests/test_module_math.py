@@ -12,6 +12,7 @@ import torch
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.core.controllers import BetaDPOController, ConstantBetaController
+from betadpo_lightning.core.losses import MallowsThetaLoss, resolve_loss
 from betadpo_lightning.training.module import PreferenceModule
 from helpers import reference_impls as ref
 from helpers.recorder import Recorder, params_of
@@ -53,7 +54,7 @@ def _naive_row_logps(model: torch.nn.Module, samples: list[dict], average: bool)
 def test_logps_of_a_padded_batch_equal_each_row_alone_in_float64(average):
     """Rows of different lengths are right-padded into one (2B, T) batch with an attention mask; the module's
     log-probs of every row equal the row run alone, which checks the padding, the mask and the one-token shift."""
-    module = _perturbed_module(average_logps=average)
+    module = _perturbed_module(loss=MallowsThetaLoss(average_logps=average))
     samples = [RandomPairs(16, seed=4)[i] for i in range(5)]
     batch = collate_pairs(samples)
     assert (batch["attention_mask"] == 0).any()  # there is padding to get wrong
@@ -76,9 +77,10 @@ def test_every_loss_through_the_module_equals_the_float64_formula(loss_type, smo
     """The module's training loss on a batch is the mean over pairs of the naive formula applied to margins from
     the naive float64 log-probs (IPO: length-averaged)."""
     beta = 0.7
-    module = _perturbed_module(loss_type=loss_type, beta=beta, label_smoothing=smoothing)
+    loss_args = {"label_smoothing": smoothing} if smoothing else {}
+    module = _perturbed_module(loss=type(resolve_loss(loss_type))(**loss_args), beta=beta)
     samples = [RandomPairs(16, seed=5)[i] for i in range(4)]
-    loss = module._step(collate_pairs(samples), "train")["loss"]
+    loss = module._step(collate_pairs(samples), "train")
     average = loss_type == "ipo"
     policy = _naive_row_logps(module.policy, samples, average)
     reference = _naive_row_logps(module.reference, samples, average)

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.core.controllers import ConstantBetaController
 from betadpo_lightning.core.logps import sequence_entropy, sequence_logps
-from betadpo_lightning.core.types import PairData
+from betadpo_lightning.core.types import PairData, PairRequest
 from betadpo_lightning.data.collate import collate_preference_pairs
 from betadpo_lightning.models.reference import (
     AdapterReference,
@@ -122,7 +122,7 @@ def test_precomputed_reference_gives_the_live_reference_loss(tmp_path):
     got = precomputed.forward_pairs(batch)
     for name, value in want.tensors().items():
         torch.testing.assert_close(got.tensors()[name], value, msg=name)
-    averaged = PreferenceModule(model_config=TINY_LLAMA, reference=PrecomputedReference(), loss_type="ipo")
+    averaged = PreferenceModule(model_config=TINY_LLAMA, reference=PrecomputedReference(), loss="ipo")
     averaged.configure_model()
     pairs = averaged.forward_pairs(batch)  # IPO averages: the summed precomputed values are divided by the lengths
     torch.testing.assert_close(pairs.reference_chosen_logps, want.reference_chosen_logps / want.chosen_lengths)
@@ -202,7 +202,7 @@ def test_reference_stays_frozen_and_out_of_checkpoints_through_fit_validate_fit(
 class _RecordsEntropy(ConstantBetaController):
     """A controller that reads the reference's entropy (as MallowsPO-style methods do) and keeps what it saw."""
 
-    requires = frozenset({"reference_entropy"})
+    request = PairRequest(frozenset({"reference_entropy"}))
 
     def __init__(self, beta: float = 0.1) -> None:
         super().__init__(beta)

@@ -129,7 +129,7 @@ def test_the_cache_stores_the_entropy_mallowspo_needs(tmp_path):
         module = PreferenceModule(
             model_config=CONFIG,
             reference=reference,
-            loss_type="mallows_theta",
+            loss="mallows_theta",
             optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2),
         )
         recorder = Recorder()

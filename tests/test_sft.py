@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import math
 import subprocess
 import sys
 import warnings
@@ -19,11 +20,11 @@ from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from betadpo_lightning.data import PreferenceDataModule
-from betadpo_lightning.data.loader import eval_loader
+from betadpo_lightning.data.dataloaders import eval_loader
 from betadpo_lightning.data.synthetic import SyntheticConfig
 from betadpo_lightning.models.building import tokenizer_config_defaults
 from betadpo_lightning.models.scoring import score_rows
-from betadpo_lightning.training.metrics import MeanOfSums
+from betadpo_lightning.training.metrics import exact_mean
 from betadpo_lightning.training.module import PreferenceModule
 from betadpo_lightning.training.schedulers import LinearWarmup
 from betadpo_lightning.training.sft import SFTModule, chosen_rows, response_token_count
@@ -190,22 +191,23 @@ def test_padding_pairs_count_in_no_validation_loss(data):
     torch.manual_seed(2)
     module = _module(data)
     validation = data.splits["validation"].select(range(21))  # rank 1: 10 pairs, then a batch of one repeated pair
-    metric = MeanOfSums()
+    metric = exact_mean()
     flagged, alone = 0, 0
     with torch.no_grad():
         for rank in (0, 1):
             for batch in eval_loader(validation, 5, data.collate, num_replicas=2, rank=rank):
                 flagged += int(batch["is_padding"].sum())
                 alone += int(bool(batch["is_padding"].all()))
-                metric.update(*module.response_nll(batch))
+                nll, tokens = module.response_nll(batch)
+                metric.update(nll / tokens.clamp(min=1), weight=tokens)
     assert (flagged, alone) == (1, 1)
     whole = data.collate([validation[i] for i in range(len(validation))])
     nll, tokens = nll_sum_and_count_f64(module.policy, whole)
-    assert int(metric.count) == tokens
+    assert int(metric.weight) == tokens
     assert abs(float(metric.compute()) - nll / tokens) < 1e-6 * nll / tokens
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # compute before update
-        assert float(MeanOfSums().compute()) == 0.0
+        assert math.isnan(float(exact_mean().compute()))  # nothing to average: NaN, never 0
 
 
 # --- 3. a short fit and the written model -----------------------------------------------------------------------------

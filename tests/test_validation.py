@@ -8,7 +8,7 @@ import pytest
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.core.controllers import BetaDPOController
-from betadpo_lightning.data.loader import EvalSampler, MarkPadding
+from betadpo_lightning.data.dataloaders import EvalSampler, MarkPadding
 from helpers.evaluation import PAIRS, Perturb, module_and_data
 from helpers.trainers import quiet_trainer
 

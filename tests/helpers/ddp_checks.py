@@ -18,8 +18,8 @@ class CrossRankCheck(pl.Callback):
         provider = pl_module.beta_provider
         decide = provider.decide
 
-        def recording(pairs):
-            decision = decide(pairs)
+        def recording(pairs, margins, training):
+            decision = decide(pairs, margins, training)
             self.last_beta = decision.beta.detach().float().mean().reshape(1)
             self.betas.append(float(self.last_beta))
             return decision

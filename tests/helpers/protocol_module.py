@@ -13,8 +13,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from betadpo_lightning.core.controllers import BetaDPOController
-from betadpo_lightning.core.losses import pair_margins
+from betadpo_lightning.core.losses import SigmoidLoss, pair_margins
 from betadpo_lightning.core.types import PairData
+from betadpo_lightning.training.decision import StaticBeta
+from betadpo_lightning.training.reporting import PreferenceReporter
 
 
 class PairScorer(pl.LightningModule):
@@ -23,7 +25,11 @@ class PairScorer(pl.LightningModule):
         self.sizes, self.dim = sizes, dim
         self.w = nn.Linear(dim, 1, bias=False)
         torch.nn.init.normal_(self.w.weight, generator=torch.Generator().manual_seed(0))
-        self.beta_provider = None  # the whole coupling: the callback sets this attribute
+        # The whole protocol (DynamicBetaHost): a provider the callback replaces, a loss, the extras offered.
+        self.beta_provider = StaticBeta(0.2)
+        self.preference_loss = SigmoidLoss()
+        self.pair_extras = frozenset()
+        self.reporter = PreferenceReporter()  # optional: the library's metrics, logged at Lightning's logging steps
         self.mirror = BetaDPOController(**mirror) if mirror is not None else None
         self.records: list[dict] = []
         self.checked_steps = 0
@@ -57,8 +63,10 @@ class PairScorer(pl.LightningModule):
         rank = self.global_rank
         _, pc, pr, rc, rr = self.margins(self.w.weight, batch_idx, rank)
         pairs = PairData(pc, pr, rc, rr)
-        decision = self.beta_provider.decide(pairs.detach())
-        loss = decision.reduce(-F.logsigmoid(decision.beta * pair_margins(pairs)))
+        margins = self.preference_loss.margins(pairs)
+        decision = self.beta_provider.decide(pairs.detach(), margins.detach(), training=True)
+        loss = decision.reduce(self.preference_loss(pairs, decision.beta, margins))
+        self.reporter.record("train", pairs, margins, self.beta_provider.beta0, decision, loss)
         record = {"beta": decision.beta.detach(), "keep": decision.keep, "normalizer": decision.normalizer}
         record["weight"] = self.w.weight.detach().clone()
         if self.mirror is not None:
@@ -91,8 +99,23 @@ class PairScorer(pl.LightningModule):
     def validation_step(self, batch, batch_idx):
         _, pc, pr, rc, rr = self.margins(self.w.weight, 10_000 + batch_idx, self.global_rank)
         pairs = PairData(pc, pr, rc, rr)
-        decision = self.beta_provider.decide(pairs)
-        return decision.reduce(-F.logsigmoid(decision.beta * pair_margins(pairs)))
+        margins = self.preference_loss.margins(pairs)
+        decision = self.beta_provider.decide(pairs, margins, training=False)
+        per_pair = self.preference_loss(pairs, decision.beta, margins)
+        self.reporter.record("val", pairs, margins, self.beta_provider.beta0, decision, per_pair)
+        return decision.reduce(per_pair)
+
+    def on_train_start(self):
+        self.reporter.on_train_start(self.trainer)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):
+        self.reporter.log_train_if_due(self.trainer, self, {})
+
+    def on_validation_start(self):
+        self.reporter.reset_evaluation("val")
+
+    def on_validation_epoch_end(self):
+        self.reporter.log_evaluation(self.trainer, self, "val")
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -108,10 +131,9 @@ class PerturbedScorer(PairScorer):
     """A PairScorer whose pairs also carry ε-DPO's perturbed log-probs (fixed offsets of the policy's), and a mirror
     ε-DPO controller fed the concatenation of every rank's pairs, checked against the callback at every step."""
 
-    pair_extras = frozenset({"perturbed_logps"})
-
     def __init__(self, sizes=(3, 5), epsilon: float = 0.2, accumulate: int = 2) -> None:
         super().__init__(sizes=sizes)
+        self.pair_extras = frozenset({"perturbed_logps"})
         from betadpo_lightning.core.controllers import EpsilonBetaController
 
         self.epsilon_mirror = EpsilonBetaController(beta=0.2, epsilon=epsilon)
@@ -135,8 +157,9 @@ class PerturbedScorer(PairScorer):
 
     def training_step(self, batch, batch_idx):
         pairs = self.perturbed(batch_idx, self.global_rank, self.w.weight)
-        decision = self.beta_provider.decide(pairs.detach())
-        everyone = PairData.cat([self.perturbed(batch_idx, r, self.w.weight).detach() for r in range(len(self.sizes))])
+        margins = pair_margins(pairs)
+        decision = self.beta_provider.decide(pairs.detach(), margins.detach(), training=True)
+        everyone = _cat([self.perturbed(batch_idx, r, self.w.weight).detach() for r in range(len(self.sizes))])
         expected = self.epsilon_mirror.step(torch.zeros(len(everyone)), everyone)
         offset = sum(self.sizes[: self.global_rank])
         assert torch.equal(decision.beta, expected.beta[offset : offset + len(pairs)]), (decision.beta, expected.beta)
@@ -144,7 +167,7 @@ class PerturbedScorer(PairScorer):
         if self.micro % self.accumulate == 0:
             self.epsilon_mirror.on_optimizer_step()
         self.checked_steps += 1
-        return decision.reduce(-F.logsigmoid(decision.beta * pair_margins(pairs)))
+        return decision.reduce(-F.logsigmoid(decision.beta * margins))
 
     def on_after_backward(self) -> None:
         pass  # the checks happen in training_step
@@ -152,3 +175,8 @@ class PerturbedScorer(PairScorer):
     def on_train_end(self) -> None:
         # The same float64 recursion on both sides: exact equality.
         assert self.beta_provider.controller.current_beta == self.epsilon_mirror.current_beta
+
+
+def _cat(parts: list[PairData]) -> PairData:
+    names = parts[0].tensors().keys()
+    return PairData(**{name: torch.cat([part.tensors()[name] for part in parts]) for name in names})

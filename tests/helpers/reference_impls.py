@@ -120,3 +120,122 @@ def normalised_entropy(logits: Sequence[Sequence[float]], labels: Sequence[int],
         probs = [math.exp(v - log_z) for v in row]
         terms.append(-sum(p * (v - log_z) for p, v in zip(probs, row, strict=True)) / math.log(len(row)))
     return sum(terms) / len(terms) if terms else 0.0
+
+
+# ---------------------------------------------------------------- the rest of the DPO family, from the papers
+# Each takes one pair: summed log-probabilities pc, pr (policy), rc, rr (reference) and response lengths lc, lr.
+
+
+def sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1 / (1 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1 + e)
+
+
+def simpo_loss(pc: float, pr: float, lc: float, lr: float, beta: float, gamma: float, eps: float = 0.0) -> float:
+    # SimPO eq. 6: −log σ(β/|y_w| log π(y_w) − β/|y_l| log π(y_l) − γ), cDPO-smoothed with ε.
+    z = beta * pc / lc - beta * pr / lr - gamma
+    return -(1 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z)
+
+
+def alphapo_reward(logp: float, alpha: float) -> float:
+    # AlphaPO: r = (1 − p^(−α))/α with p = π(y|x) (length-normalised: p = exp(mean log-prob)); α → 0 gives log p.
+    if alpha == 0:
+        return logp
+    return (1 - math.exp(logp) ** (-alpha)) / alpha
+
+
+def cpo_loss(
+    pc: float,
+    pr: float,
+    lc: float,
+    lr: float,
+    beta: float,
+    alpha_nll: float,
+    alpha: float,
+    eps: float,
+    gamma: float,
+    average: bool,
+) -> float:
+    # CPO eq. 3 (+ AlphaPO's reward and SimPO's γ): sigmoid on the reward difference plus α_nll · token-mean NLL.
+    lw, ll = (pc / lc, pr / lr) if average else (pc, pr)
+    z = beta * (alphapo_reward(lw, alpha) - alphapo_reward(ll, alpha)) - gamma
+    preference = -(1 - eps) * log_sigmoid(z) - eps * log_sigmoid(-z)
+    return preference + alpha_nll * (-pc / lc)
+
+
+def orpo_loss(pc: float, pr: float, lc: float, lr: float, lam: float) -> float:
+    # ORPO eqs. 4–7: P = exp(mean log-prob), odds = P/(1 − P); L = NLL − λ log σ(log(odds_w/odds_l)).
+    p_w, p_l = math.exp(pc / lc), math.exp(pr / lr)
+    odds_w, odds_l = p_w / (1 - p_w), p_l / (1 - p_l)
+    return -pc / lc - lam * log_sigmoid(math.log(odds_w / odds_l))
+
+
+def nll_loss(pc: float, lc: float) -> float:
+    return -pc / lc
+
+
+def sigmoid_norm_loss(pc: float, pr: float, rc: float, rr: float, lc: float, lr: float, beta: float) -> float:
+    # TRL sigmoid_norm: log-ratios divided by the completion lengths, then DPO's −log σ(β·Δ).
+    return -log_sigmoid(beta * ((pc - rc) / lc - (pr - rr) / lr))
+
+
+def apo_zero_paper(rw: float, rl: float, beta: float) -> float:
+    # APO eq. 7 (no constant): −σ(β r_w) + σ(β r_l).
+    return -sigmoid(beta * rw) + sigmoid(beta * rl)
+
+
+def apo_down_paper(rw: float, rl: float, beta: float) -> float:
+    # APO eq. 8 (no constant): σ(β r_w) − σ(β (r_w − r_l)).
+    return sigmoid(beta * rw) - sigmoid(beta * (rw - rl))
+
+
+def nca_pair_loss(rw: float, rl: float, beta: float) -> float:
+    # NCA (K = 2): −log σ(r_w) − ½ Σ_{y ∈ {w, l}} log σ(−r_y), rewards r = β log-ratio.
+    return -log_sigmoid(beta * rw) - 0.5 * (log_sigmoid(-beta * rw) + log_sigmoid(-beta * rl))
+
+
+def bco_pair_loss(rw: float, rl: float, beta: float, delta: float = 0.0) -> float:
+    # BCO: chosen labelled 1, rejected 0, logit = reward − δ (δ = 0 in TRL 1.x).
+    return -log_sigmoid(beta * rw - delta) - log_sigmoid(-(beta * rl - delta))
+
+
+def exo_pair_loss(h: float, beta: float, eps: float) -> float:
+    # EXO eq. 16 for K = 2: KL(q ‖ p), q = (σ(βh), 1 − σ(βh)), p = (1 − ε, ε).
+    q = sigmoid(beta * h)
+    return q * math.log(q / (1 - eps)) + (1 - q) * math.log((1 - q) / eps)
+
+
+def sppo_hard_loss(rw: float, rl: float, beta: float) -> float:
+    # SPPO eq. 4.7 with η = 1/β, P(y_w ≻ π) = 1, P(y_l ≻ π) = 0: (r_w − η/2)² + (r_l + η/2)².
+    eta = 1 / beta
+    return (rw - eta * (1 - 0.5)) ** 2 + (rl - eta * (0 - 0.5)) ** 2
+
+
+def discopop_loss(h: float, beta: float, tau: float) -> float:
+    # DiscoPOP eq. 5: ρ = βh, f = (1 − σ(ρ/τ)) · (−log σ(ρ)) + σ(ρ/τ) · exp(−ρ).
+    rho = beta * h
+    m = sigmoid(rho / tau)
+    return (1 - m) * -log_sigmoid(rho) + (m * math.exp(-rho) if m > 0 else 0.0)
+
+
+def aot_losses(upper: Sequence[float], lower: Sequence[float], beta: float, eps: float) -> list[float]:
+    # AOT: the i-th smallest of `upper` against the i-th smallest of `lower`, logistic with cDPO smoothing.
+    deltas = [u - v for u, v in zip(sorted(upper), sorted(lower), strict=True)]
+    return [-(1 - eps) * log_sigmoid(beta * d) - eps * log_sigmoid(-beta * d) for d in deltas]
+
+
+def wpo_log_weight(logits: Sequence[Sequence[float]], labels: Sequence[int]) -> float:
+    """WPO eq. 2: mean over tokens t of log( p(y_t) / Σ_v p_v(t)² ); row t of logits scores labels[t]."""
+    terms = []
+    for row, label in zip(logits, labels, strict=True):
+        top = max(row)
+        z = sum(math.exp(v - top) for v in row)
+        probs = [math.exp(v - top) / z for v in row]
+        terms.append(math.log(probs[label] / sum(p * p for p in probs)))
+    return sum(terms) / len(terms)
+
+
+def wpo_weight(chosen_log_weight: float, rejected_log_weight: float) -> float:
+    return min(1.0, math.exp(chosen_log_weight + rejected_log_weight))

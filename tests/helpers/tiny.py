@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import Dataset
 
-from betadpo_lightning.data.loader import resumable_train_loader
+from betadpo_lightning.data.dataloaders import resumable_train_loader
 
 TINY_LLAMA = {
     "model_type": "llama",

@@ -9,119 +9,116 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
-from torch.optim import Optimizer
+from torch import Tensor
 from typing_extensions import override
 
-from betadpo_lightning.callbacks.gather import gather_pairs
+from betadpo_lightning.core.compose import composition_error
 from betadpo_lightning.core.controllers import BetaController, BetaDPOController
-from betadpo_lightning.core.losses import pair_margins
-from betadpo_lightning.core.types import PairData, check_extras
+from betadpo_lightning.core.types import PairData, PairRequest, check_extras
+from betadpo_lightning.distributed import gather_pairs
 from betadpo_lightning.models.sharding import close_process_group_at_exit
-from betadpo_lightning.training.decision import BetaDecision, static_decision
-from betadpo_lightning.training.reporting import PreferenceReporter, evaluation_stage
+from betadpo_lightning.training.decision import (
+    BetaDecision,
+    BetaProvider,
+    DynamicBetaHost,
+    missing_host_members,
+    static_decision,
+)
 
 __all__ = ["DynamicBetaCallback"]
 
 
 class DynamicBetaCallback(Callback):
-    r"""A β controller (β-DPO by default) for any LightningModule that follows :mod:`~.callbacks.protocol`.
+    r"""A β controller (β-DPO by default) for any LightningModule that follows :class:`DynamicBetaHost`.
 
-    Inside each training step the module calls :meth:`decide` with its pairs; the callback gathers the pairs of all
-    ranks through the Lightning strategy (ranks may hold different numbers of pairs), steps the controller once on
-    the global micro-batch and hands back β, this rank's keep-mask and the global normaliser. After the last
-    micro-batch of every optimizer step it calls the controller's ``on_optimizer_step``. The controller's state is
-    saved in and restored from checkpoints.
+    At setup the callback checks the module against the protocol (naming what is missing), the controller's
+    requested extras against what the module's pairs can hold, and the controller's declarations against the
+    module's loss (:func:`~betadpo_lightning.core.compose.composition_error`); then it installs itself as the
+    module's β provider, and restores the previous one at teardown.
+
+    Each training micro-batch, the module asks :meth:`decide` with its pairs and margins; the callback gathers those
+    of all ranks (:mod:`~betadpo_lightning.distributed`; ranks may hold different numbers of pairs), steps the
+    controller once on the global micro-batch and hands back β, this rank's keep-mask, the global normaliser and
+    the controller's statistics. After every optimizer step it calls the controller's ``on_optimizer_step``, or
+    ``discard_step`` when the module reported through :meth:`skip_step` that the step was dropped. The controller's
+    state is saved in and restored from checkpoints.
 
     Evaluation (validation and test) never changes the controller and runs no collective per batch: its loss uses
-    the fixed base β0 (``controller.beta``) and keeps every pair, so ``val/loss`` and ``test/loss`` do not depend on
-    how the evaluation is batched or on the number of ranks.
-
-    Logged (window means, see :mod:`~.callbacks.reporting`): ``train/beta`` and ``train/beta/<stat>`` for every
-    statistic the controller reports (β-DPO: ``gap_mean``, ``gap_std``, ``m0``, ``sigma``, ``kept_fraction``), and
-    through torchmetrics (exact across ranks) ``{train,val,test}/rewards/{chosen, rejected, margins, accuracies}``,
-    ``{train,val,test}/logps/{chosen, rejected}`` and ``{train,val,test}/margins/{mean, std}``, with rewards
-    ``β0·(log π − log π_ref)``.
+    the fixed base β0 (``controller.beta``) and keeps every pair. The module logs the metrics (its reporter), with
+    β and the controller's statistics (β-DPO: ``gap_mean``, ``gap_std``, ``m0``, ``sigma``, ``kept_fraction``) as
+    ``train/beta`` and ``train/beta/<stat>``.
 
     Args:
         controller: the rule that turns pairs into β and a keep-mask: :class:`BetaDPOController` (the default,
-            with its defaults), :class:`ConstantBetaController` (plain DPO with these metrics), or any object
-            following :class:`~betadpo_lightning.core.controllers.BetaController`.
+            with its defaults), :class:`ConstantBetaController` (plain DPO with global normalisation),
+            :class:`EpsilonBetaController`, or any object following
+            :class:`~betadpo_lightning.core.controllers.BetaController`.
     """
 
     def __init__(self, controller: BetaController | None = None) -> None:
         super().__init__()
         self.controller: BetaController = controller if controller is not None else BetaDPOController()
-        self.reporter = PreferenceReporter()
         self._trainer: pl.Trainer | None = None
+        self._previous: BetaProvider | None = None
+        self._skip = False
+        self._last_step: int | None = None
 
     @property
-    def required_extras(self) -> frozenset[str]:
-        """The extra groups the controller reads, which the module must put into its pairs."""
-        return frozenset(getattr(self.controller, "requires", frozenset()))
+    def beta0(self) -> float:
+        """The controller's base β."""
+        return self.controller.beta
 
     @property
-    def pair_settings(self) -> dict[str, float]:
-        """Settings the module needs to compute the required extras (``epsilon`` of the perturbed log-probs)."""
-        epsilon = getattr(self.controller, "epsilon", None)
-        return {"epsilon": float(epsilon)} if epsilon is not None else {}
+    def request(self) -> PairRequest:
+        """What the module must put into its pairs: the controller's request."""
+        return self.controller.request
 
     # ------------------------------------------------------------------ wiring
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        name = type(pl_module).__name__
-        if not hasattr(pl_module, "beta_provider"):
+        name, controller = type(pl_module).__name__, type(self.controller).__name__
+        missing = missing_host_members(pl_module)
+        if missing:
             raise MisconfigurationException(
-                f"{name} has no `beta_provider` attribute, so it cannot use DynamicBetaCallback. "
-                "See `betadpo_lightning.training.decision` for the small protocol a module must follow."
+                f"{name} cannot use DynamicBetaCallback: it lacks {'; '.join(missing)}. See "
+                "`betadpo_lightning.training.decision.DynamicBetaHost` for the protocol."
             )
-        controller = type(self.controller).__name__
+        host: DynamicBetaHost = pl_module  # type: ignore[assignment]
         try:
-            check_extras(self.required_extras, getattr(pl_module, "pair_extras", frozenset()), controller, name)
+            check_extras(self.request.extras, host.pair_extras, controller, name)
         except (KeyError, ValueError) as error:
             raise MisconfigurationException(str(error)) from None
-        _check_composition(self.controller, pl_module)
-        module_beta = getattr(pl_module, "beta", None)
-        if isinstance(module_beta, float) and module_beta != self.controller.beta:
+        reason = composition_error(self.controller, host.preference_loss)
+        if reason is not None:
+            raise MisconfigurationException(reason)
+        previous = host.beta_provider if host.beta_provider is not self else self._previous
+        if previous is not None and previous.beta0 != self.controller.beta:
             rank_zero_warn(
-                f"{controller}(beta={self.controller.beta}) and {name}(beta={module_beta}) differ; the controller's "
-                "β0 is the one used for training, validation and the logged rewards."
+                f"{controller}(beta={self.controller.beta}) and {name}'s β ({previous.beta0}) differ; the "
+                "controller's β0 is the one used for training, evaluation and the logged rewards."
             )
-        pl_module.beta_provider = self
+        self._previous = previous
+        host.beta_provider = self
         self._trainer = trainer
         close_process_group_at_exit()
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if getattr(pl_module, "beta_provider", None) is self:
-            pl_module.beta_provider = None
+        if getattr(pl_module, "beta_provider", None) is self and self._previous is not None:
+            pl_module.beta_provider = self._previous
         self._trainer = None
 
-    @override
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.reporter.to(pl_module.device)
-
-    @override
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.reporter.on_train_start(trainer)
-
-    @override
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.reporter.to(pl_module.device).reset_evaluation("val")
-
-    @override
-    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.reporter.to(pl_module.device).reset_evaluation("test")
-
     # ---------------------------------------------------------------- decision
-    def decide(self, pairs: PairData) -> BetaDecision:
-        """β, keep-mask and normaliser for this rank's current batch; records the batch's metrics.
+    def decide(self, pairs: PairData, margins: Tensor, training: bool) -> BetaDecision:
+        """β, keep-mask, normaliser and statistics for this rank's current batch.
 
         In training it must be called once per batch on every rank (it gathers across ranks) and steps the
-        controller; in evaluation (validation, its sanity check, test) it returns the fixed-β0 decision and
-        communicates nothing.
+        controller; in evaluation it returns the fixed-β0 decision and communicates nothing.
 
         Args:
-            pairs: this rank's pairs, ``(B,)`` fields, with the extras in :attr:`required_extras`.
+            pairs: this rank's pairs, ``(B,)`` fields, with the extras of :attr:`request`.
+            margins: their margins, ``(B,)``.
+            training: whether this is a training batch.
 
         Returns:
             The :class:`~betadpo_lightning.training.decision.BetaDecision` for this rank.
@@ -129,53 +126,43 @@ class DynamicBetaCallback(Callback):
         trainer = self._trainer
         if trainer is None:
             raise RuntimeError("DynamicBetaCallback.decide was called outside a Trainer run (setup has not run).")
-        pairs = pairs.detach()
-        beta0 = self.controller.beta
-        if not trainer.training:  # validation, its sanity check, or test
-            self.reporter.update_pairs(evaluation_stage(trainer), pairs, beta0)
-            return static_decision(pairs, beta0)
-        required = self.required_extras
-        everyone, offset, ranks = gather_pairs(trainer.strategy, pairs.select(required))
-        if not all(bool(torch.isfinite(value).all()) for value in everyone.tensors().values()):
+        if not training:
+            return static_decision(len(pairs), self.beta0, margins.device)
+        pairs = pairs.detach().select(self.request.extras)
+        everyone, gaps, offset, ranks = gather_pairs(trainer.strategy, pairs, margins.detach())
+        values = [gaps, *everyone.tensors().values()]
+        if not all(bool(torch.isfinite(value).all()) for value in values):
             # A poisoned micro-batch (the module's guard skips or stops its step) never reaches the controller.
-            self.reporter.update_scalars({"beta": torch.tensor(beta0)})
-            return static_decision(pairs, beta0)
-        result = self.controller.step(pair_margins(everyone), everyone if required else None)
+            return static_decision(len(pairs), self.beta0, margins.device)
+        result = self.controller.step(gaps, everyone)
         local = slice(offset, offset + len(pairs))
-        self.reporter.update_pairs("train", pairs, beta0)
-        self.reporter.update_scalars({"beta": result.beta.mean()})
-        self.reporter.update_scalars({f"beta/{name}": value for name, value in result.stats.items()})
         return BetaDecision(
             beta=result.beta if result.beta.dim() == 0 else result.beta[local],
             keep=result.keep[local],
             normalizer=result.keep.sum().float() / ranks,
+            stats=result.stats,
         )
 
-    @override
-    def on_before_optimizer_step(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Optimizer
-    ) -> None:
-        if getattr(pl_module, "skipping_step", False):  # the module's guard skips this step: so does the controller
-            discard = getattr(self.controller, "discard_step", None)
-            if discard is not None:
-                discard()
-            return
-        self.controller.on_optimizer_step()
+    def skip_step(self) -> None:
+        """The module drops the current optimizer step: the controller discards it instead of committing it."""
+        self._skip = True
 
-    # ----------------------------------------------------------------- logging
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_step, self._skip = trainer.global_step, False
+
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.reporter.log_train_if_due(trainer, pl_module)
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.reporter.log_evaluation(trainer, pl_module, "val")
-
-    @override
-    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.reporter.log_evaluation(trainer, pl_module, "test")
+        if trainer.global_step == self._last_step:  # accumulating: no optimizer step after this batch
+            return
+        self._last_step = trainer.global_step
+        if self._skip:
+            self.controller.discard_step()
+        else:
+            self.controller.on_optimizer_step()
+        self._skip = False
 
     # ------------------------------------------------------------- checkpoint
     @override
@@ -202,20 +189,3 @@ class DynamicBetaCallback(Callback):
                 )
         self.controller.load_state_dict(state)
 
-
-def _check_composition(controller: Any, module: pl.LightningModule) -> None:
-    """Refuse a controller with a module setting it is meaningless for (optional module attributes)."""
-    name, module_name = type(controller).__name__, type(module).__name__
-    if getattr(controller, "reference_margins", False) and getattr(module, "reference_free", False):
-        raise MisconfigurationException(
-            f"{name} adapts β from margins relative to the reference ((pc − rc) − (pr − rr)), but {module_name} "
-            "trains with reference-free margins (pc − pr: raw log-probability differences of tens of nats), on "
-            "which its statistics and perturbations lose their meaning. Train with a reference, or use "
-            "ConstantBetaController."
-        )
-    supported, loss = getattr(controller, "supported_losses", None), getattr(module, "loss_type", None)
-    if supported is not None and loss is not None and loss not in supported:
-        raise MisconfigurationException(
-            f"{name} supports loss_type in {sorted(supported)}, not {loss!r}: its per-pair β perturbs the β of a "
-            "logistic preference link (the policy for β/(1 ± ε) is the ε-perturbed logits only for those losses)."
-        )

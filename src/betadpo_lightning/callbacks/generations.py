@@ -37,8 +37,9 @@ class SampleGenerations(Callback):
     Written: one JSON record per prompt and validation, ``{"step", "prompt", "response"}`` (with ``"gold_reward"``
     when the data has one), appended to ``samples.jsonl`` in the first logger's directory (``trainer.log_dir``'s
     choice; ``trainer.default_root_dir`` without a logger); a ``val/samples`` table for a ``WandbLogger``
-    (``log_table``) and a markdown table for a ``TensorBoardLogger`` (``add_text``). On the built-in synthetic
-    dataset each response's gold reward is recorded and their mean logged as ``val/samples/gold_reward``.
+    (``log_table``) and a markdown table for a ``TensorBoardLogger`` (``add_text``). When the datamodule offers a
+    gold reward (``gold_reward_fn``, as :class:`~betadpo_lightning.data.PreferenceDataModule` does on the built-in
+    synthetic dataset) each response's gold reward is recorded and their mean logged as ``val/samples/gold_reward``.
 
     Training is not disturbed: the draws come from a generator of their own (seeded with ``seed`` at every
     validation, so a run's samples are reproducible), the global random streams are restored afterwards, and the
@@ -200,12 +201,8 @@ def _tokenizer(trainer: pl.Trainer) -> Any:
 
 
 def _gold_reward(trainer: pl.Trainer) -> Callable[[str], float] | None:
-    """The data's gold reward of a response text, when it has one (the built-in synthetic dataset)."""
-    if getattr(trainer.datamodule, "synthetic", None) is None:
-        return None
-    from betadpo_lightning.data.synthetic import gold_reward
-
-    return gold_reward
+    """The datamodule's gold reward of a response text, when it offers one (its ``gold_reward_fn``)."""
+    return getattr(trainer.datamodule, "gold_reward_fn", None)
 
 
 def _log_dir(trainer: pl.Trainer) -> str:

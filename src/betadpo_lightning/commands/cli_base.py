@@ -31,6 +31,11 @@ __all__ = ["RENAMED", "RunCLI", "run_cli"]
 RENAMED = {
     "--optimizer": "the optimizer is model.optimizer, e.g. --model.optimizer torch.optim.SGD --model.optimizer.lr 0.01",
     "--lr_scheduler": "the scheduler is model.scheduler, e.g. --model.scheduler torch.optim.lr_scheduler.ConstantLR",
+    "--model.loss_type": "the loss is model.loss, a short name (--model.loss ipo) or class_path + init_args",
+    **{
+        f"--model.{key}": f"{key} is a hyperparameter of the loss now: model.loss.init_args.{key}"
+        for key in ("label_smoothing", "home_advantage", "dispersion_scale", "reference_free", "average_logps")
+    },
 }
 """LightningCLI options that these command lines do not have, and what to use instead."""
 

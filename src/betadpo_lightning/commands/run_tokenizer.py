@@ -10,7 +10,7 @@ Looked for, in this order:
    its ``model`` section holds the checkpoint's options; its ``data`` section is read as in 1;
 3. the policy's own ``model_name_or_path`` (a hub name or a directory holding a tokenizer).
 
-A tokenizer is loaded as the datamodule loads it (:func:`~betadpo_lightning.data.loading.load_tokenizer`: one without
+A tokenizer is loaded as the datamodule loads it (:func:`~betadpo_lightning.data.sources.load_tokenizer`: one without
 a pad token gets its EOS token as pad token), so the exported tokenizer is the one the policy was trained with.
 """
 
@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 from transformers import PreTrainedTokenizerBase
+
+from betadpo_lightning.models.policy_checkpoint import first_line
 
 __all__ = ["FoundTokenizer", "TokenizerError", "find_tokenizer"]
 
@@ -72,7 +74,7 @@ def find_tokenizer(
         try:
             tokenizer = _load(name, {})
         except (OSError, ValueError) as error:
-            raise TokenizerError(f"--tokenizer {name}: cannot load it ({_first_line(error)})") from None
+            raise TokenizerError(f"--tokenizer {name}: cannot load it ({first_line(error)})") from None
         if len(tokenizer) > vocab_rows:
             raise TokenizerError(f"--tokenizer {name}: {_too_large(tokenizer, vocab_rows)}; pass the policy's own")
         return FoundTokenizer(tokenizer, name)
@@ -89,7 +91,7 @@ def find_tokenizer(
         try:
             tokenizer = load()
         except (OSError, ValueError) as error:
-            tried.append(f"{what} from {where}: {_first_line(error)}")
+            tried.append(f"{what} from {where}: {first_line(error)}")
             continue
         if len(tokenizer) > vocab_rows:
             tried.append(f"{what} from {where}: {_too_large(tokenizer, vocab_rows)}")
@@ -102,13 +104,8 @@ def _too_large(tokenizer: PreTrainedTokenizerBase, vocab_rows: int) -> str:
     return f"its {len(tokenizer)} tokens do not fit the policy's {vocab_rows} embedding rows"
 
 
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
-
-
 def _load(name: str, kwargs: Mapping[str, Any]) -> PreTrainedTokenizerBase:
-    from betadpo_lightning.data.loading import load_tokenizer
+    from betadpo_lightning.data.sources import load_tokenizer
 
     return load_tokenizer(name, kwargs, warn=False)
 

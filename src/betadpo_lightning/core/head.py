@@ -12,26 +12,28 @@ With ``z = h Wᵀ + b`` the logits of a position and ``t`` its target:
     \log p_t = z_t - \operatorname{logsumexp}(z), \qquad
     \frac{\partial \log p_t}{\partial z} = e_t - \operatorname{softmax}(z).
 
+The per-chunk formulas (log-softmax at the target, entropy, ε-perturbation, WPO weight) and the chunking are those of
+:mod:`betadpo_lightning.core.chunked`, shared with the full-logits path (:mod:`betadpo_lightning.core.logps`).
+
 Pure tensor math: no model, no Lightning.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-__all__ = ["head_perturbed_logps", "head_token_stats", "linear_log_softmax", "matmul_dtype"]
+from betadpo_lightning.core.chunked import (
+    accumulation_dtype,
+    normalised_entropy,
+    perturbed_logps,
+    row_chunks,
+    target_and_logsumexp,
+    wpo_logps,
+)
 
-# Upper bound on the elements of one chunk of float32 logits (64 MiB); a chunk has at least one row.
-CHUNK_ELEMENTS = 1 << 24
-
-
-def _chunks(rows: int, width: int) -> list[tuple[int, int]]:
-    step = max(1, CHUNK_ELEMENTS // max(1, width))
-    return [(start, min(start + step, rows)) for start in range(0, rows, step)]
+__all__ = ["head_perturbed_logps", "head_token_stats", "head_wpo_logps", "linear_log_softmax", "matmul_dtype"]
 
 
 def matmul_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:
@@ -45,20 +47,9 @@ def matmul_dtype(hidden: Tensor, weight: Tensor) -> torch.dtype:
 def _logits(hidden: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     """``hidden @ weightᵀ + bias`` in float32 or wider, shape ``(c, V)`` (``weight`` already in the matmul dtype)."""
     out = hidden.to(weight.dtype) @ weight.T
-    acc = torch.float64 if out.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(out.dtype)
     out = out.to(acc)
     return out.add_(bias.to(acc)) if bias is not None else out
-
-
-def _target_and_lse(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
-    """The target logit and the log-normaliser of each row, ``(c,)`` each; overwrites ``logits`` (``(c, V)``).
-
-    One pass for the maximum, one in-place ``exp`` pass and one sum: no ``(c, V)`` temporary is allocated.
-    """
-    target = logits.gather(-1, targets[:, None]).squeeze(-1)
-    top = logits.amax(-1, keepdim=True)  # (c, 1)
-    lse = logits.sub_(top).exp_().sum(-1).log_().add_(top.squeeze(-1))
-    return target, lse
 
 
 class _LinearLogSoftmax(torch.autograd.Function):
@@ -73,12 +64,12 @@ class _LinearLogSoftmax(torch.autograd.Function):
         ctx: FunctionCtx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, dtype: torch.dtype
     ) -> Tensor:
         w = weight.to(dtype)
-        acc = torch.float64 if dtype == torch.float64 else torch.float32
-        out = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+        out = torch.empty(hidden.shape[0], dtype=accumulation_dtype(dtype), device=hidden.device)
         lse = torch.empty_like(out)
         with torch.autocast(hidden.device.type, enabled=False):
-            for start, end in _chunks(hidden.shape[0], weight.shape[0]):
-                target, lse[start:end] = _target_and_lse(_logits(hidden[start:end], w, bias), targets[start:end])
+            for start, end in row_chunks(hidden.shape[0], weight.shape[0]):
+                logits = _logits(hidden[start:end], w, bias)  # (c, V), fresh: computed in place
+                target, lse[start:end] = target_and_logsumexp(logits, targets[start:end], overwrite=True)
                 out[start:end] = target - lse[start:end]
         ctx.save_for_backward(hidden, weight, bias, targets, lse)
         ctx.dtype = dtype
@@ -95,7 +86,7 @@ class _LinearLogSoftmax(torch.autograd.Function):
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
         with torch.autocast(hidden.device.type, enabled=False):
-            for start, end in _chunks(hidden.shape[0], weight.shape[0]):
+            for start, end in row_chunks(hidden.shape[0], weight.shape[0]):
                 t = targets[start:end]
                 g = grad_out[start:end, None].to(lse.dtype)  # (c, 1)
                 probs = _logits(hidden[start:end], w, bias).sub_(lse[start:end, None]).exp_().to(dtype)  # (c, V)
@@ -167,21 +158,38 @@ def head_token_stats(
     """
     dtype = matmul_dtype(hidden, weight)
     w = weight.to(dtype)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    logps = torch.empty(hidden.shape[0], dtype=acc, device=hidden.device)
+    logps = torch.empty(hidden.shape[0], dtype=accumulation_dtype(dtype), device=hidden.device)
     entropies = torch.empty_like(logps) if entropy else None
     with torch.autocast(hidden.device.type, enabled=False):
-        for start, end in _chunks(hidden.shape[0], weight.shape[0]):
+        for start, end in row_chunks(hidden.shape[0], weight.shape[0]):
             logits = _logits(hidden[start:end], w, bias)  # (c, V)
-            if entropies is None:
-                target, lse = _target_and_lse(logits, targets[start:end])
-                logps[start:end] = target - lse
-                continue
-            logp = torch.log_softmax(logits, dim=-1)
-            logps[start:end] = logp.gather(-1, targets[start:end, None]).squeeze(-1)
-            probs = logp.exp()
-            entropies[start:end] = -torch.special.xlogy(probs, probs).sum(-1) / math.log(weight.shape[0])
+            if entropies is not None:
+                entropies[start:end] = normalised_entropy(logits)
+            target, lse = target_and_logsumexp(logits, targets[start:end], overwrite=True)
+            logps[start:end] = target - lse
     return logps, entropies
+
+
+@torch.no_grad()
+def head_wpo_logps(hidden: Tensor, weight: Tensor, targets: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Without gradients: WPO's per-token ``log p_t − logsumexp_v(2 log p_v)`` (:func:`~.chunked.wpo_logps`).
+
+    Args:
+        hidden: ``(M, H)``.
+        weight: ``(V, H)``.
+        targets: ``(M,)``.
+        bias: ``(V,)`` or ``None``.
+
+    Returns:
+        ``(M,)``, float32 whatever the model's dtype.
+    """
+    dtype = matmul_dtype(hidden, weight)
+    w = weight.to(dtype)
+    values = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start, end in row_chunks(hidden.shape[0], weight.shape[0]):
+            values[start:end] = wpo_logps(_logits(hidden[start:end], w, bias), targets[start:end])
+    return values
 
 
 @torch.no_grad()
@@ -222,11 +230,8 @@ def head_perturbed_logps(
     plus = torch.empty(targets.shape[0], dtype=torch.float32, device=targets.device)
     minus = torch.empty_like(plus)
     with torch.autocast(targets.device.type, enabled=False):
-        for start, end in _chunks(targets.shape[0], policy_weight.shape[0]):
-            z = _logits(policy_hidden[start:end], wp, policy_bias).float()  # (c, V)
-            z_ref = _logits(reference_hidden[start:end], wr, reference_bias).float()
-            t = targets[start:end, None]
-            for out, sign in ((plus, 1.0), (minus, -1.0)):
-                target, lse = _target_and_lse((1 + sign * epsilon) * z - sign * epsilon * z_ref, t.squeeze(-1))
-                out[start:end] = target - lse
+        for start, end in row_chunks(targets.shape[0], policy_weight.shape[0]):
+            z = _logits(policy_hidden[start:end], wp, policy_bias)  # (c, V)
+            z_ref = _logits(reference_hidden[start:end], wr, reference_bias)
+            plus[start:end], minus[start:end] = perturbed_logps(z, z_ref, targets[start:end], epsilon)
     return plus, minus

@@ -4,16 +4,27 @@ Only the positions that predict a response token are ever normalised: prompt and
 before the log-softmax, and the log-softmax itself runs over row chunks in float32 (float64 for float64 logits)
 with a custom backward that recomputes the softmax chunk by chunk. No float32 copy of the whole ``(N, T, V)``
 logits tensor is created, whatever the logits' dtype, and the saved state for the backward pass is the logits
-themselves plus one float per selected position.
+themselves plus one float per selected position. The per-chunk formulas and the chunking are those of
+:mod:`betadpo_lightning.core.chunked`, shared with the response-only head (:mod:`betadpo_lightning.core.head`).
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+from betadpo_lightning.core.chunked import (
+    accumulation_dtype,
+    normalised_entropy,
+    perturbed_logps,
+    row_chunks,
+    sum_by_row,
+    target_and_logsumexp,
+    wpo_logps,
+)
 
 __all__ = [
     "gather_log_softmax",
@@ -21,19 +32,8 @@ __all__ = [
     "response_positions",
     "sequence_entropy",
     "sequence_logps",
+    "sequence_wpo_logps",
 ]
-
-# Upper bound on the elements of one float32 chunk (64 MiB); the chunk has at least one row.
-_CHUNK_ELEMENTS = 1 << 24
-
-
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _row_chunks(num_rows: int, width: int) -> list[tuple[int, int]]:
-    step = max(1, _CHUNK_ELEMENTS // max(1, width))
-    return [(start, min(start + step, num_rows)) for start in range(0, num_rows, step)]
 
 
 class _GatherLogSoftmax(torch.autograd.Function):
@@ -41,13 +41,13 @@ class _GatherLogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, logits: Tensor, targets: Tensor) -> Tensor:
-        acc = _accumulation_dtype(logits.dtype)
+        acc = accumulation_dtype(logits.dtype)
         out = torch.empty(logits.shape[0], dtype=acc, device=logits.device)
         lse = torch.empty_like(out)
-        for start, end in _row_chunks(logits.shape[0], logits.shape[-1]):
-            chunk = logits[start:end].to(acc)  # (c, V)
-            lse[start:end] = torch.logsumexp(chunk, dim=-1)
-            out[start:end] = chunk.gather(-1, targets[start:end, None]).squeeze(-1) - lse[start:end]
+        for start, end in row_chunks(logits.shape[0], logits.shape[-1]):
+            # (c, V); a view of `logits` when they are already in `acc`, so not overwritten
+            target, lse[start:end] = target_and_logsumexp(logits[start:end].to(acc), targets[start:end])
+            out[start:end] = target - lse[start:end]
         ctx.save_for_backward(logits, targets, lse)
         return out
 
@@ -56,7 +56,7 @@ class _GatherLogSoftmax(torch.autograd.Function):
     def backward(ctx: FunctionCtx, grad_out: Tensor) -> tuple[Tensor, None]:
         logits, targets, lse = ctx.saved_tensors
         grad = torch.empty_like(logits)
-        for start, end in _row_chunks(logits.shape[0], logits.shape[-1]):
+        for start, end in row_chunks(logits.shape[0], logits.shape[-1]):
             g_out = grad_out[start:end, None]  # (c, 1)
             # d/dz [z_t - logsumexp(z)] = onehot(t) - softmax(z)
             g = torch.exp(logits[start:end].to(lse.dtype) - lse[start:end, None]).mul_(-g_out)  # (c, V)
@@ -120,7 +120,7 @@ def sequence_logps(logits: Tensor, labels: Tensor, ignore_index: int = -100, ave
     """
     rows, cols, targets, mask = _response_positions(logits, labels, ignore_index)
     token_logps = gather_log_softmax(logits[rows, cols], targets)  # (M,) from (M, V)
-    sums = torch.zeros(logits.shape[0], dtype=token_logps.dtype, device=logits.device).index_add(0, rows, token_logps)
+    sums = sum_by_row(token_logps, rows, logits.shape[0])
     if not average:
         return sums
     counts = mask.sum(-1).clamp(min=1)  # (N,)
@@ -181,18 +181,52 @@ def sequence_entropy(logits: Tensor, labels: Tensor, ignore_index: int = -100) -
         >>> sequence_entropy(logits, torch.tensor([[-100, 2, 1]]))
         tensor([1.])
     """
-    rows, cols, _, mask = _response_positions(logits, labels, ignore_index)
-    width = logits.shape[-1]
-    if width < 2:
-        raise ValueError(f"Expected a vocabulary of at least 2 tokens, got V={width}.")
-    acc = _accumulation_dtype(logits.dtype)
+    if logits.shape[-1] < 2:
+        raise ValueError(f"Expected a vocabulary of at least 2 tokens, got V={logits.shape[-1]}.")
+    return _position_means(logits, labels, ignore_index, lambda chunk, _: normalised_entropy(chunk))
+
+
+@torch.no_grad()
+def sequence_wpo_logps(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> Tensor:
+    """WPO's log-weight of each row: the mean of ``log p(y_t) − logsumexp_v(2 log p_v)`` over its response tokens.
+
+    The same shift as :func:`sequence_logps`. ``exp`` of the chosen and rejected rows' sum is WPO's pair weight
+    (arXiv 2406.11827; TRL's ``use_weighting``). Computed without gradients, in row chunks.
+
+    Args:
+        logits: causal-LM logits of the policy, shape ``(N, T, V)``, any floating dtype.
+        labels: target ids, shape ``(N, T)``; ``ignore_index`` marks positions that do not count.
+        ignore_index: the label value of positions to ignore.
+
+    Returns:
+        Per-row values, shape ``(N,)``, float32, detached; a row without any counted token gets 0.
+
+    Raises:
+        ValueError: if the shapes do not match.
+
+    Example:
+        >>> logits = torch.zeros(1, 3, 4)  # uniform: log(1/4) - log(4 · 1/16) = 0
+        >>> sequence_wpo_logps(logits, torch.tensor([[-100, 2, 1]]))
+        tensor([0.])
+    """
+    return _position_means(logits, labels, ignore_index, wpo_logps).float()
+
+
+def _position_means(
+    logits: Tensor, labels: Tensor, ignore_index: int, per_chunk: Callable[[Tensor, Tensor], Tensor]
+) -> Tensor:
+    """Mean over each row's response-predicting positions of ``per_chunk(logits (c, V), targets (c,)) -> (c,)``.
+
+    Returns:
+        ``(N,)`` in the accumulation dtype (float32, float64 for float64 logits).
+    """
+    rows, cols, targets, mask = _response_positions(logits, labels, ignore_index)
+    acc = accumulation_dtype(logits.dtype)
     selected = logits[rows, cols]  # (M, V)
-    entropy = torch.empty(selected.shape[0], dtype=acc, device=logits.device)
-    for start, end in _row_chunks(selected.shape[0], width):
-        probs = torch.softmax(selected[start:end].to(acc), dim=-1)  # (c, V)
-        entropy[start:end] = -torch.special.xlogy(probs, probs).sum(-1)  # 0 · log 0 = 0 (masked tokens)
-    sums = torch.zeros(logits.shape[0], dtype=acc, device=logits.device).index_add(0, rows, entropy)
-    return sums / mask.sum(-1).clamp(min=1) / math.log(width)
+    values = torch.empty(selected.shape[0], dtype=acc, device=logits.device)
+    for start, end in row_chunks(selected.shape[0], logits.shape[-1]):
+        values[start:end] = per_chunk(selected[start:end].to(acc), targets[start:end])
+    return sum_by_row(values, rows, logits.shape[0]) / mask.sum(-1).clamp(min=1)
 
 
 def perturbed_sequence_logps(
@@ -230,11 +264,9 @@ def perturbed_sequence_logps(
     minus = torch.empty_like(plus)
     with torch.no_grad():
         z_all, z_ref_all = policy_logits[rows, cols], reference_logits[rows, cols]  # (M, V)
-        for start, end in _row_chunks(rows.shape[0], policy_logits.shape[-1]):
-            z, z_ref = z_all[start:end].float(), z_ref_all[start:end].float()
-            t = targets[start:end, None]
-            for out, sign in ((plus, 1.0), (minus, -1.0)):
-                mixed = (1 + sign * epsilon) * z - sign * epsilon * z_ref  # (c, V)
-                out[start:end] = (mixed.gather(-1, t) - torch.logsumexp(mixed, -1, keepdim=True)).squeeze(-1)
-    zeros = torch.zeros(policy_logits.shape[0], dtype=torch.float32, device=policy_logits.device)
-    return zeros.index_add(0, rows, plus), zeros.clone().index_add(0, rows, minus)
+        for start, end in row_chunks(rows.shape[0], policy_logits.shape[-1]):
+            plus[start:end], minus[start:end] = perturbed_logps(
+                z_all[start:end], z_ref_all[start:end], targets[start:end], epsilon
+            )
+    num_rows = policy_logits.shape[0]
+    return sum_by_row(plus, rows, num_rows), sum_by_row(minus, rows, num_rows)

@@ -9,13 +9,12 @@ module declares the groups it can compute, so a mismatch is found before trainin
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
-__all__ = ["EXTRAS", "LOGPS_FIELDS", "PairData", "check_extras"]
+__all__ = ["EXTRAS", "LOGPS_FIELDS", "REFERENCE_BATCH_KEYS", "PairData", "PairRequest", "check_extras"]
 
 LOGPS_FIELDS: tuple[str, ...] = (
     "policy_chosen_logps",
@@ -29,6 +28,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "lengths": ("chosen_lengths", "rejected_lengths"),
     "reference_entropy": ("reference_chosen_entropy", "reference_rejected_entropy"),
     "perturbed_logps": ("plus_chosen_logps", "plus_rejected_logps", "minus_chosen_logps", "minus_rejected_logps"),
+    "wpo": ("policy_chosen_wpo", "policy_rejected_wpo"),
 }
 """Optional field groups by name.
 
@@ -37,7 +37,17 @@ EXTRAS: dict[str, tuple[str, ...]] = {
   (MallowsPO's dispersion), ``(B,)``.
 * ``perturbed_logps``: summed log-probs under the ε-perturbed policies ``(1+ε)z − ε z_ref`` (``plus``) and
   ``(1−ε)z + ε z_ref`` (``minus``), ``(B,)`` (ε-DPO).
+* ``wpo``: the policy's mean over each response of ``log p(y_t) − logsumexp_v(2 log p_v)``, float32, without
+  gradient, ``(B,)`` (WPO's weight is ``exp`` of the chosen plus the rejected value).
 """
+
+REFERENCE_BATCH_KEYS: dict[str, tuple[str, ...]] = {
+    "reference_logps": LOGPS_FIELDS[2:],
+    "reference_entropy": EXTRAS["reference_entropy"],
+}
+"""Batch fields of a precomputed reference, ``(2B,)`` each in row order (chosen rows first), by name → the per-pair
+columns they are collated from (chosen, rejected): summed log-probs, and (optional) the normalised entropy of
+:func:`~betadpo_lightning.core.logps.sequence_entropy`."""
 
 
 @dataclass(frozen=True)
@@ -60,9 +70,12 @@ class PairData:
         plus_rejected_logps: rejected log-probs under ``(1+ε)z − ε z_ref`` (extra ``perturbed_logps``).
         minus_chosen_logps: chosen log-probs under ``(1−ε)z + ε z_ref`` (extra ``perturbed_logps``).
         minus_rejected_logps: rejected log-probs under ``(1−ε)z + ε z_ref`` (extra ``perturbed_logps``).
+        policy_chosen_wpo: the policy's WPO log-weight of the chosen responses (extra ``wpo``).
+        policy_rejected_wpo: the policy's WPO log-weight of the rejected responses (extra ``wpo``).
         pair_index: each pair's row in its dataset split, long ``(B,)``, for messages; never used in math.
 
     Example:
+        >>> import torch
         >>> lp = torch.tensor([-3.0, -4.0])
         >>> pairs = PairData(lp, lp - 1, lp, lp)
         >>> len(pairs), pairs.extras
@@ -81,6 +94,8 @@ class PairData:
     plus_rejected_logps: Tensor | None = None
     minus_chosen_logps: Tensor | None = None
     minus_rejected_logps: Tensor | None = None
+    policy_chosen_wpo: Tensor | None = None
+    policy_rejected_wpo: Tensor | None = None
     pair_index: Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -134,20 +149,6 @@ class PairData:
         return PairData(**{name: value for name, value in self.tensors().items() if name in names})
 
     @staticmethod
-    def cat(parts: Sequence[PairData]) -> PairData:
-        """Concatenate pairs along the batch dimension (all parts must hold the same fields).
-
-        Raises:
-            ValueError: for no parts or parts with different fields.
-        """
-        if not parts:
-            raise ValueError("Expected at least one PairData to concatenate.")
-        names = parts[0].tensors().keys()
-        if any(part.tensors().keys() != names for part in parts):
-            raise ValueError("Cannot concatenate PairData with different fields.")
-        return PairData(**{name: torch.cat([part.tensors()[name] for part in parts]) for name in names})
-
-    @staticmethod
     def from_rows(
         policy: Tensor, reference: Tensor, perturbed: tuple[Tensor, Tensor] | None = None, **rows: Tensor | None
     ) -> PairData:
@@ -157,13 +158,14 @@ class PairData:
             policy: policy log-probabilities of the ``2B`` rows, shape ``(2B,)``.
             reference: reference log-probabilities of the ``2B`` rows, shape ``(2B,)``.
             perturbed: the rows' log-probabilities under the ``plus`` and ``minus`` perturbations, ``(2B,)`` each.
-            **rows: extra per-row values by group name, ``(2B,)`` each (``lengths``, ``reference_entropy``), or
-                ``pair_index`` with shape ``(B,)``.
+            **rows: extra per-row values by group name, ``(2B,)`` each (``lengths``, ``reference_entropy``,
+                ``wpo``), or ``pair_index`` with shape ``(B,)``.
 
         Returns:
             The pairs.
 
         Example:
+            >>> import torch
             >>> PairData.from_rows(torch.tensor([-1.0, -2.0]), torch.zeros(2)).policy_rejected_logps
             tensor([-2.])
         """
@@ -187,7 +189,8 @@ class PairData:
                 chosen, rejected = EXTRAS[name]
                 fields[chosen], fields[rejected] = value[:b], value[b:]
             else:
-                raise KeyError(f"Unknown per-row value {name!r}; expected one of 'lengths', 'reference_entropy'.")
+                known = ", ".join(repr(group) for group, names in EXTRAS.items() if len(names) == 2)
+                raise KeyError(f"Unknown per-row value {name!r}; expected one of {known}.")
         return PairData(**fields)
 
 
@@ -214,3 +217,32 @@ def check_extras(required: Iterable[str], available: Iterable[str], consumer: st
             f"{consumer} needs {sorted(missing)}, which {producer} does not compute "
             f"(it provides {sorted(available) or 'no extras'})."
         )
+
+
+@dataclass(frozen=True)
+class PairRequest:
+    """What the producer of the pairs must compute for their consumers (a loss, a β controller).
+
+    Attributes:
+        extras: the extra groups of :data:`EXTRAS` to compute.
+        epsilon: ε of the ``perturbed_logps`` extra (ε-DPO); ``None`` when that extra is not requested.
+
+    Example:
+        >>> PairRequest(frozenset({"lengths"})) | PairRequest(frozenset({"perturbed_logps"}), epsilon=0.01)
+        PairRequest(extras=frozenset({'lengths', 'perturbed_logps'}), epsilon=0.01)
+    """
+
+    extras: frozenset[str] = frozenset()
+    epsilon: float | None = None
+
+    def __post_init__(self) -> None:
+        check_extras(self.extras, EXTRAS, "PairRequest", "the pair data")
+        if ("perturbed_logps" in self.extras) != (self.epsilon is not None):
+            raise ValueError("The `perturbed_logps` extra and `epsilon` go together: give both or neither.")
+
+    def __or__(self, other: PairRequest) -> PairRequest:
+        """Both requests (their ε must agree where both give one)."""
+        if None not in (self.epsilon, other.epsilon) and self.epsilon != other.epsilon:
+            raise ValueError(f"Two consumers ask for perturbed log-probs with ε {self.epsilon} and {other.epsilon}.")
+        epsilon = self.epsilon if self.epsilon is not None else other.epsilon
+        return PairRequest(frozenset(self.extras | other.extras), epsilon)

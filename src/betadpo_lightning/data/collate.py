@@ -12,7 +12,8 @@ The batch contract, for ``B`` pairs padded to length ``T``:
   samples, which count in no metric.
 * ``reference_logps`` / ``reference_entropy``: ``(2B,)`` float32, only when every sample carries precomputed
   reference values (``reference_chosen_logps`` and ``reference_rejected_logps``, summed log-probs; and
-  ``reference_chosen_entropy`` and ``reference_rejected_entropy``), in row order.
+  ``reference_chosen_entropy`` and ``reference_rejected_entropy``), in row order
+  (:data:`~betadpo_lightning.core.types.REFERENCE_BATCH_KEYS`).
 
 ``T`` is the longest row, rounded up to a multiple of ``pad_to_multiple_of`` when that is set.
 """
@@ -23,6 +24,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
+
+from betadpo_lightning.core.types import REFERENCE_BATCH_KEYS
 
 PairSample = Mapping[str, Sequence[int] | Tensor | int]
 
@@ -92,9 +95,8 @@ def collate_preference_pairs(
     batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pair_index": pair_index}
     if any("padding" in sample for sample in samples):  # evaluation: repeated samples that even out the ranks
         batch["is_padding"] = torch.tensor([bool(sample.get("padding", False)) for sample in samples])
-    for name in ("logps", "entropy"):
-        keys = (f"reference_chosen_{name}", f"reference_rejected_{name}")
-        if all(key in sample for key in keys for sample in samples):
-            values = [float(sample[key]) for key in keys for sample in samples]  # type: ignore[arg-type]
-            batch[f"reference_{name}"] = torch.tensor(values, dtype=torch.float32)  # (2B,)
+    for name, columns in REFERENCE_BATCH_KEYS.items():
+        if all(column in sample for column in columns for sample in samples):
+            values = [float(sample[column]) for column in columns for sample in samples]  # type: ignore[arg-type]
+            batch[name] = torch.tensor(values, dtype=torch.float32)  # (2B,)
     return batch

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,9 @@ from transformers import PreTrainedTokenizerBase
 from typing_extensions import override
 
 from betadpo_lightning.data.collate import collate_preference_pairs
+from betadpo_lightning.data.dataloaders import eval_loader, resumable_train_loader
 from betadpo_lightning.data.errors import PreferenceDataError
 from betadpo_lightning.data.formats import ColumnNames, FormatOption
-from betadpo_lightning.data.loader import eval_loader, resumable_train_loader
-from betadpo_lightning.data.loading import DataFiles, load_source, load_tokenizer, pick_split
 from betadpo_lightning.data.options import SYNTHETIC, check_options, check_positive
 from betadpo_lightning.data.pipeline import (
     TokenizationSpec,
@@ -30,9 +30,11 @@ from betadpo_lightning.data.pipeline import (
     tokenizer_fingerprint,
 )
 from betadpo_lightning.data.render import ChatTemplateOption, check_template_kwargs
+from betadpo_lightning.data.sources import DataFiles, load_source, load_tokenizer, pick_split
 from betadpo_lightning.data.stats import SplitStats, log_stats
 from betadpo_lightning.data.synthetic import SyntheticConfig, split_files, synthetic_dir, write_synthetic_dataset
 from betadpo_lightning.data.synthetic.files import TOKENIZER_FOLDER
+from betadpo_lightning.data.synthetic.vocab import gold_reward
 from betadpo_lightning.data.tokenize import BadRowPolicy
 from betadpo_lightning.data.truncation import TruncationLimits
 from betadpo_lightning.data.vocab_check import first_token_at_least, largest_token_id
@@ -266,7 +268,16 @@ class PreferenceDataModule(LightningDataModule):
             else {"num_replicas": 1, "rank": 0}
         )
 
-    # ------------------------------------------------------------ what models and caches check
+    # ------------------------------------------------------------ what models, caches and callbacks ask
+    @property
+    def gold_reward_fn(self) -> Callable[[str], float] | None:
+        """The data's known reward of a response text, or ``None`` for data without one.
+
+        The built-in synthetic dataset's :func:`~betadpo_lightning.data.synthetic.gold_reward`; callbacks such as
+        :class:`~betadpo_lightning.callbacks.generations.SampleGenerations` score their samples with it.
+        """
+        return gold_reward if self.synthetic is not None else None
+
     def token_id_beyond(self, vocab_size: int) -> str | None:
         """The first token id of the data (the padding id included) that ``vocab_size`` embedding rows cannot embed.
 

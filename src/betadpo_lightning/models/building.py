@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -19,6 +21,7 @@ __all__ = [
     "build_causal_lm",
     "disable_dropout",
     "enable_activation_checkpointing",
+    "eval_mode",
     "freeze",
     "frozen_copy",
     "resolve_dtype",
@@ -140,6 +143,18 @@ def enable_activation_checkpointing(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if getattr(model, "config", None) is not None:
         model.config.use_cache = False
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Put every submodule of ``module`` in eval mode for the block, then restore each one's own mode."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode
 
 
 def freeze(model: nn.Module) -> nn.Module:

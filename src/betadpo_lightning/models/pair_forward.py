@@ -13,11 +13,11 @@ from betadpo_lightning.core.types import PairData
 from betadpo_lightning.models.reference import ReferenceProvider
 from betadpo_lightning.models.scoring import head_unsupported_reason, perturbed_rows, score_rows
 
-__all__ = ["ModelPair", "PairForward"]
+__all__ = ["PairForward", "ScoringModels"]
 
 
 @dataclass(frozen=True)
-class ModelPair:
+class ScoringModels:
     """The policy, the separate reference model (if any) and the provider that says how to use it."""
 
     policy: nn.Module
@@ -29,8 +29,7 @@ class PairForward:
     """Scores the ``2B`` rows with the policy (with gradients) and the reference (without) and pairs them up.
 
     Chooses, per model, the response-only head or the full logits (:mod:`~betadpo_lightning.models.scoring`) and logs
-    the
-    reason of a fallback once.
+    the reason of a fallback once.
 
     Args:
         head: ``"auto"`` (the head where supported) or ``"full"`` (always full logits).
@@ -54,7 +53,7 @@ class PairForward:
 
     def __call__(
         self,
-        models: ModelPair,
+        models: ScoringModels,
         batch: dict[str, Tensor],
         average: bool,
         extras: frozenset[str] = frozenset(),
@@ -67,7 +66,8 @@ class PairForward:
             batch: ``input_ids``, ``attention_mask``, ``labels`` ``(2B, T)``; ``pair_index`` ``(B,)``; precomputed
                 reference fields when the provider reads them.
             average: length-averaged log-probabilities instead of sums.
-            extras: extra groups beyond ``lengths``: ``reference_entropy``, ``perturbed_logps``.
+            extras: extra groups beyond ``lengths``: ``reference_entropy``, ``perturbed_logps``, ``wpo`` (the
+                policy's, computed without gradients).
             epsilon: ε of ``perturbed_logps``.
 
         Raises:
@@ -75,13 +75,13 @@ class PairForward:
         """
         labels = batch["labels"]
         lengths = (labels[:, 1:] != -100).sum(-1).float()  # (2B,)
-        entropy, perturb = "reference_entropy" in extras, "perturbed_logps" in extras
+        entropy, perturb, wpo = "reference_entropy" in extras, "perturbed_logps" in extras, "wpo" in extras
         provider, policy_model = models.provider, models.policy
         if perturb and (epsilon is None or not provider.has_model):
             raise ValueError("Perturbed log-probs need an `epsilon` and a reference model (reference logits).")
         # Perturbed log-probs combine both models' logits chunk by chunk: both on the same path.
         head = self.use_head(policy_model, *([models.reference or policy_model] if perturb else []))
-        policy = score_rows(policy_model, batch, head, average, keep=perturb)
+        policy = score_rows(policy_model, batch, head, average, keep=perturb, wpo=wpo)
         context = provider.model(policy_model, models.reference) if provider.has_model else nullcontext()
         with torch.no_grad(), context as model:
             if model is not None:
@@ -100,5 +100,6 @@ class PairForward:
             perturbed,
             lengths=lengths,
             reference_entropy=ref_entropy,
+            wpo=policy.wpo,
             pair_index=batch.get("pair_index"),
         )

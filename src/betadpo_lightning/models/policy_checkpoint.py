@@ -21,7 +21,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["SHARDED_EXTRA_FILE", "CheckpointError", "adapters_only", "policy_weights_dtype", "read_policy_checkpoint"]
+__all__ = [
+    "SHARDED_EXTRA_FILE",
+    "CheckpointError",
+    "adapters_only",
+    "first_line",
+    "policy_weights_dtype",
+    "read_policy_checkpoint",
+]
 
 SHARDED_EXTRA_FILE = "meta.pt"
 """Lightning's file of the non-tensor part of a sharded checkpoint folder."""
@@ -81,7 +88,15 @@ def policy_weights_dtype(checkpoint: Mapping[str, Any]) -> torch.dtype | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    r"""The error's type and the first line of its message, as the exporter's messages quote a cause.
+
+    Example:
+        >>> first_line(OSError("no such file\nmore detail"))
+        'OSError: no such file'
+        >>> first_line(ValueError())
+        'ValueError'
+    """
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
@@ -93,7 +108,7 @@ def _torch_load(file: Path, checkpoint_path: Path) -> Any:
         return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
     except Exception as error:  # torch raises many types here: pickle, zip, runtime and OS errors
         raise CheckpointError(
-            f"{checkpoint_path} is not a checkpoint that torch.load(weights_only=True) can read ({_first_line(error)})"
+            f"{checkpoint_path} is not a checkpoint that torch.load(weights_only=True) can read ({first_line(error)})"
         ) from None
 
 
@@ -123,7 +138,7 @@ def _read_sharded_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         metadata = FileSystemReader(str(path)).read_metadata()
     except Exception as error:  # a missing or unreadable .metadata file
-        raise CheckpointError(f"{path} is not a torch.distributed.checkpoint folder ({_first_line(error)})") from None
+        raise CheckpointError(f"{path} is not a torch.distributed.checkpoint folder ({first_line(error)})") from None
     planner_data = metadata.planner_data or {}
     state: dict[str, torch.Tensor] = {}
     for key, item in metadata.state_dict_metadata.items():

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from betadpo_lightning.models.building import freeze
+from betadpo_lightning.core.types import REFERENCE_BATCH_KEYS
+from betadpo_lightning.models.building import eval_mode, freeze
 from betadpo_lightning.models.hub import hub_errors
 from betadpo_lightning.models.quantization import QUANTIZATIONS, Quantization
 
@@ -39,22 +40,6 @@ __all__ = [
 
 REFERENCE_ROLE = "reference model"
 """How a reference checkpoint that cannot be found is named (:class:`~.hub.HubUnavailableError`)."""
-
-REFERENCE_BATCH_KEYS: tuple[str, str] = ("reference_logps", "reference_entropy")
-"""Batch fields of a precomputed reference, ``(2B,)`` each in row order: summed log-probs, and (optional) the
-normalised entropy of :func:`~betadpo_lightning.core.logps.sequence_entropy`."""
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """Put every submodule of ``module`` in eval mode for the block, then restore each one's own mode."""
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 class ReferenceProvider:

@@ -27,18 +27,16 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import nn
 
-from betadpo_lightning.models.reference import eval_mode
+from betadpo_lightning.core.types import REFERENCE_BATCH_KEYS
+from betadpo_lightning.distributed import barrier
+from betadpo_lightning.models.building import eval_mode
 from betadpo_lightning.models.scoring import head_unsupported_reason, score_rows
 from betadpo_lightning.training.checks import weights_fingerprint
 
 __all__ = ["COLUMNS", "StaleCacheError", "cache_key", "prepare_reference_cache"]
 
-COLUMNS = (
-    "reference_chosen_logps",
-    "reference_rejected_logps",
-    "reference_chosen_entropy",
-    "reference_rejected_entropy",
-)
+COLUMNS: tuple[str, ...] = tuple(column for columns in REFERENCE_BATCH_KEYS.values() for column in columns)
+"""The split columns the cache attaches: chosen and rejected log-probs, then chosen and rejected entropies."""
 
 
 class StaleCacheError(RuntimeError):
@@ -173,13 +171,13 @@ def prepare_reference_cache(
         for split in datamodule.splits:
             share = _compute_share(model, datamodule, trainer, split, batch_size, entropy, head)
             torch.save(share, path / f"{split}-{trainer.global_rank}-of-{trainer.world_size}.pt")
-        trainer.strategy.barrier("reference_cache_parts")
+        barrier(trainer.strategy, "reference_cache_parts")
         if trainer.global_rank == 0:
             meta = {"key": key, "entropy": entropy, "world_size": trainer.world_size}
             temporary = path / f"meta.json.{os.getpid()}"
             temporary.write_text(json.dumps(meta, indent=1, default=str))
             temporary.replace(meta_path)
-        trainer.strategy.barrier("reference_cache_meta")
+        barrier(trainer.strategy, "reference_cache_meta")
         rank_zero_info(f"PrecomputedReference: reference values of {sorted(datamodule.splits)} cached at {path}.")
     if name_or_path:
         del model

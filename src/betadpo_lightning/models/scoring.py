@@ -24,8 +24,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from betadpo_lightning.core.head import head_perturbed_logps, head_token_stats, linear_log_softmax
-from betadpo_lightning.core.logps import perturbed_sequence_logps, response_positions, sequence_entropy, sequence_logps
+from betadpo_lightning.core.chunked import sum_by_row
+from betadpo_lightning.core.head import head_perturbed_logps, head_token_stats, head_wpo_logps, linear_log_softmax
+from betadpo_lightning.core.logps import (
+    perturbed_sequence_logps,
+    response_positions,
+    sequence_entropy,
+    sequence_logps,
+    sequence_wpo_logps,
+)
 
 __all__ = ["HEAD_MODEL_TYPES", "RowScores", "head_unsupported_reason", "perturbed_rows", "score_rows"]
 
@@ -46,6 +53,8 @@ class RowScores:
         weight: the head path's output-layer weight ``(V, H)``, detached, when asked.
         bias: the head path's output-layer bias ``(V,)``, if any, when asked.
         logits: the full-logits path's logits ``(2B, T, V)``, detached, when asked.
+        wpo: WPO's log-weight of each row (:func:`~betadpo_lightning.core.logps.sequence_wpo_logps`), ``(2B,)``,
+            float32, detached, when asked.
     """
 
     logps: Tensor
@@ -54,6 +63,7 @@ class RowScores:
     weight: Tensor | None = None
     bias: Tensor | None = None
     logits: Tensor | None = None
+    wpo: Tensor | None = None
 
 
 def transformers_model(model: nn.Module) -> nn.Module:
@@ -119,6 +129,7 @@ def score_rows(
     average: bool = False,
     entropy: bool = False,
     keep: bool = False,
+    wpo: bool = False,
 ) -> RowScores:
     """Run ``model`` on the batch and reduce it to per-row values (gradients flow when they are enabled).
 
@@ -129,6 +140,7 @@ def score_rows(
         average: length-averaged instead of summed log-probabilities.
         entropy: also the normalised next-token entropy per row.
         keep: keep what :func:`perturbed_rows` needs (hidden states and output layer, or logits; detached).
+        wpo: also WPO's log-weight per row, computed without gradients whatever the grad mode.
 
     Returns:
         The :class:`RowScores`.
@@ -140,6 +152,7 @@ def score_rows(
         return RowScores(
             logps=sequence_logps(logits, labels, average=average),
             entropy=sequence_entropy(logits, labels) if entropy else None,
+            wpo=sequence_wpo_logps(logits, labels) if wpo else None,
             logits=logits.detach() if keep else None,
         )
     rows, cols, targets, mask = response_positions(labels)
@@ -151,6 +164,8 @@ def score_rows(
             sharded = type(model).__name__.startswith("FSDP")
             weight, bias = (layer.weight, layer.bias) if not sharded else _copies(layer)
             kept.update(hidden=selected.detach(), weight=weight.detach(), bias=None if bias is None else bias.detach())
+        if wpo:  # here, where a sharded layer is gathered; without gradients
+            kept["wpo"] = head_wpo_logps(selected, layer.weight, targets, layer.bias)
         if torch.is_grad_enabled():
             return linear_log_softmax(selected, layer.weight, targets, layer.bias)[None]  # (1, M)
         logps, entropies = head_token_stats(selected, layer.weight, targets, layer.bias, entropy)
@@ -158,14 +173,15 @@ def score_rows(
 
     token_values = _head_forward(model, batch, compute)
     counts = mask.sum(-1).clamp(min=1)  # (2B,)
-    zeros = torch.zeros(labels.shape[0], dtype=token_values.dtype, device=labels.device)
-    per_row = [zeros.index_add(0, rows, values) for values in token_values]  # (2B,) each
+    per_row = [sum_by_row(values, rows, labels.shape[0]) for values in token_values]  # (2B,) each
     logps = per_row[0] / counts if average else per_row[0]
     row_entropy = per_row[1] / counts if len(per_row) > 1 else None
     if entropy and row_entropy is None:  # with gradients enabled (a policy pass), the entropy comes without them
         with torch.no_grad():
             row_entropy = score_rows(model, batch, head, entropy=True).entropy
-    return RowScores(logps, row_entropy, kept.get("hidden"), weight=kept.get("weight"), bias=kept.get("bias"))
+    row_wpo = sum_by_row(kept["wpo"], rows, labels.shape[0]) / counts if wpo else None
+    hidden, weight, bias = kept.get("hidden"), kept.get("weight"), kept.get("bias")
+    return RowScores(logps, row_entropy, hidden, weight, bias, wpo=row_wpo)
 
 
 def _copies(layer: nn.Linear) -> tuple[Tensor, Tensor | None]:
@@ -186,5 +202,4 @@ def perturbed_rows(policy: RowScores, reference: RowScores, labels: Tensor, epsi
     plus, minus = head_perturbed_logps(
         policy.hidden, policy.weight, reference.hidden, reference.weight, targets, epsilon, policy.bias, reference.bias
     )
-    zeros = torch.zeros(labels.shape[0], dtype=torch.float32, device=labels.device)
-    return zeros.index_add(0, rows, plus), zeros.clone().index_add(0, rows, minus)
+    return sum_by_row(plus, rows, labels.shape[0]), sum_by_row(minus, rows, labels.shape[0])

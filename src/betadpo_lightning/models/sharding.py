@@ -14,6 +14,7 @@ __all__ = [
     "data_parallel_mesh",
     "decoder_layer_classes",
     "fully_shard_causal_lm",
+    "local_shard",
     "sharded_frozen_copy",
     "wrap_for_fsdp1",
 ]
@@ -80,12 +81,13 @@ def sharded_frozen_copy(model: nn.Module, mesh: Any) -> nn.Module:
     sources = dict(model.named_parameters()) | dict(model.named_buffers())
     with torch.no_grad():
         for name, target in [*copy.named_parameters(), *copy.named_buffers()]:
-            _local(target).copy_(_local(sources[name]))
+            local_shard(target).copy_(local_shard(sources[name]))
     return copy.eval().requires_grad_(False)
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+def local_shard(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of a sharded (DTensor) tensor, or the tensor itself."""
+    return tensor.tolocal_shard() if hasattr(tensor, "to_local") else tensor
 
 
 def data_parallel_mesh(strategy: Any, device_mesh: Any) -> Any:

@@ -7,7 +7,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["check_batch", "check_weights_finite", "reference_mismatch", "weights_fingerprint"]
+from betadpo_lightning.distributed import any_rank
+from betadpo_lightning.models.sharding import local_shard
+
+__all__ = ["check_batch", "check_token_ids", "check_weights_finite", "reference_mismatch", "weights_fingerprint"]
 
 
 def check_batch(batch: dict[str, Tensor]) -> None:
@@ -40,18 +43,11 @@ def check_weights_finite(model: nn.Module | None, strategy: Any = None) -> None:
     """
     if model is None:
         return
-    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(_local(p.detach())).all())]
-    flag = torch.tensor([float(bool(bad))], device=next(model.parameters()).device)
-    if strategy is not None:
-        flag = strategy.reduce(flag, reduce_op="max")
-    if float(flag.item()) > 0:
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(local_shard(p.detach())).all())]
+    if any_rank(strategy, bool(bad), next(model.parameters()).device):
         raise FloatingPointError(
             f"Refusing to write a checkpoint with non-finite weights ({bad[:5] or 'on another rank'})."
         )
-
-
-def _local(tensor: Tensor) -> Tensor:
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def weights_fingerprint(model: nn.Module | None) -> Tensor | None:
@@ -99,3 +95,28 @@ def reference_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | 
         f"fingerprint [Σw, Σw²]: {old.tolist()} in the checkpoint, {new.tolist()} now. Resume with the same "
         "reference; a randomly initialised `model_config` reference is the same only under the same seed."
     )
+
+
+def check_token_ids(module: Any) -> None:
+    """Once per fit: every token id of the data fits the policy's and the reference's embeddings.
+
+    Needs a datamodule with a ``token_id_beyond(vocab_size)`` method, such as
+    :class:`~betadpo_lightning.data.PreferenceDataModule`.
+    """
+    datamodule = getattr(module.trainer, "datamodule", None)
+    check = getattr(datamodule, "token_id_beyond", None)
+    if check is None:
+        return
+    for name, model in (("policy", module.policy), ("reference model", module.reference_model)):
+        if model is None:
+            continue
+        rows = int(model.get_input_embeddings().weight.shape[0])
+        found = check(rows)
+        if found is not None:
+            tokenizer = getattr(datamodule, "tokenizer", None)
+            size = f" of {len(tokenizer)} tokens" if tokenizer is not None else ""
+            raise ValueError(
+                f"{found} is outside the vocabulary of the {name}: its input embedding has {rows} rows, but the "
+                f"data was tokenized with a tokenizer{size}; use the model's own tokenizer or resize the "
+                "embeddings."
+            )

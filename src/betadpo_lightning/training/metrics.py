@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
+from torchmetrics import MeanMetric, Metric
 
-from betadpo_lightning.core.losses import pair_margins, pair_rewards
+from betadpo_lightning.core.losses import pair_rewards
+from betadpo_lightning.core.moments import pooled_moments
 from betadpo_lightning.core.types import PairData
 
-__all__ = ["MeanOfSums", "MomentMetric", "PreferenceMetrics", "RewardAccuracy"]
+__all__ = ["MomentMetric", "PreferenceMetrics", "RewardAccuracy", "exact_mean"]
 
 
 class RewardAccuracy(Metric):
@@ -51,38 +52,18 @@ class RewardAccuracy(Metric):
         return (self.correct / self.total.clamp(min=1)).float()
 
 
-class MeanOfSums(Metric):
-    """Mean of all values seen, from a float64 running sum and count.
+def exact_mean() -> MeanMetric:
+    """Torchmetrics' ``MeanMetric`` with float64 states that keeps NaN: a mean with nothing finite is NaN, never 0.
+
+    ``update(values)`` adds every element; ``update(total / count, weight=count)`` adds a sum over ``count`` items.
 
     Example:
-        >>> metric = MeanOfSums()
+        >>> metric = exact_mean()
         >>> metric.update(torch.tensor([1.0, 2.0])); metric.update(torch.tensor([6.0]))
         >>> metric.compute()
-        tensor(3.)
+        tensor(3., dtype=torch.float64)
     """
-
-    full_state_update = False
-    total: Tensor
-    count: Tensor
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("total", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def update(self, values: Tensor, count: Tensor | int | None = None) -> None:
-        """Add the values of a batch, any shape.
-
-        Args:
-            values: the values; with ``count``, their sum over ``count`` items (e.g. an NLL summed over tokens).
-            count: how many items ``values`` sums (``None``: ``values.numel()``).
-        """
-        self.total += values.detach().to(torch.float64).sum()
-        self.count += values.numel() if count is None else torch.as_tensor(count).detach().to(torch.float64)
-
-    def compute(self) -> Tensor:
-        """The mean (0 when nothing was seen)."""
-        return (self.total / self.count.clamp(min=1)).float()
+    return MeanMetric(nan_strategy="disable").set_dtype(torch.float64)
 
 
 class MomentMetric(Metric):
@@ -114,10 +95,8 @@ class MomentMetric(Metric):
 
     def compute(self) -> tuple[Tensor, Tensor]:
         """``(mean, std)``; std is 0 with fewer than two values."""
-        n = self.count.clamp(min=1)
-        mean = self.total / n
-        var = (self.total_sq - n * mean * mean).clamp(min=0) / (self.count - 1).clamp(min=1)
-        return mean.float(), var.sqrt().float()
+        mean, std = pooled_moments(self.count, self.total, self.total_sq)
+        return mean.float(), (torch.zeros_like(mean) if std is None else std).float()
 
 
 class PreferenceMetrics(torch.nn.Module):
@@ -131,19 +110,20 @@ class PreferenceMetrics(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.accuracy = RewardAccuracy()
-        self.chosen_rewards = MeanOfSums()
-        self.rejected_rewards = MeanOfSums()
-        self.reward_margins = MeanOfSums()
-        self.chosen_logps = MeanOfSums()
-        self.rejected_logps = MeanOfSums()
+        self.chosen_rewards = exact_mean()
+        self.rejected_rewards = exact_mean()
+        self.reward_margins = exact_mean()
+        self.chosen_logps = exact_mean()
+        self.rejected_logps = exact_mean()
         self.margins = MomentMetric()
         self.num_batches = 0
 
-    def update(self, pairs: PairData, beta: float) -> None:
+    def update(self, pairs: PairData, margins: Tensor, beta: float) -> None:
         """Add a batch of pairs.
 
         Args:
             pairs: the batch's per-pair log-probabilities, ``(B,)`` each (detached or not).
+            margins: their margins as the loss defines them, ``(B,)``.
             beta: the β that scales the logged rewards (the base β0, as TRL logs).
         """
         pairs = pairs.detach()
@@ -154,19 +134,19 @@ class PreferenceMetrics(torch.nn.Module):
         self.reward_margins.update(chosen - rejected)
         self.chosen_logps.update(pairs.policy_chosen_logps)
         self.rejected_logps.update(pairs.policy_rejected_logps)
-        self.margins.update(pair_margins(pairs))
+        self.margins.update(margins)
         self.num_batches += 1
 
     def compute(self) -> dict[str, Tensor]:
         """All values since the last reset; a collective call under DDP (every rank must call it)."""
         margin_mean, margin_std = self.margins.compute()
         return {
-            "rewards/chosen": self.chosen_rewards.compute(),
-            "rewards/rejected": self.rejected_rewards.compute(),
-            "rewards/margins": self.reward_margins.compute(),
+            "rewards/chosen": self.chosen_rewards.compute().float(),
+            "rewards/rejected": self.rejected_rewards.compute().float(),
+            "rewards/margins": self.reward_margins.compute().float(),
             "rewards/accuracies": self.accuracy.compute(),
-            "logps/chosen": self.chosen_logps.compute(),
-            "logps/rejected": self.rejected_logps.compute(),
+            "logps/chosen": self.chosen_logps.compute().float(),
+            "logps/rejected": self.rejected_logps.compute().float(),
             "margins/mean": margin_mean,
             "margins/std": margin_std,
         }

@@ -9,35 +9,29 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
-from torch import Tensor, nn
+from torch import Tensor
 from typing_extensions import override
 
-from betadpo_lightning.core.losses import PAIR_LOSSES, mallows_weight, pair_margins
-from betadpo_lightning.core.types import PairData, check_extras
-from betadpo_lightning.models.building import (
-    DType,
-    LoraOptions,
-)
-from betadpo_lightning.models.pair_forward import ModelPair, PairForward
+from betadpo_lightning.core.losses import PreferenceLoss, resolve_loss
+from betadpo_lightning.core.types import EXTRAS, PairData, PairRequest, check_extras
+from betadpo_lightning.models.building import DType, LoraOptions
+from betadpo_lightning.models.pair_forward import PairForward, ScoringModels
 from betadpo_lightning.models.quantization import Quantization
 from betadpo_lightning.models.reference import FrozenReference, NoReference, ReferenceProvider
 from betadpo_lightning.models.sharding import close_process_group_at_exit
-from betadpo_lightning.training.checks import check_batch, check_weights_finite
-from betadpo_lightning.training.decision import BetaProvider, static_decision
-from betadpo_lightning.training.evaluation import PreferenceEvaluation
-from betadpo_lightning.training.metrics import MeanOfSums
+from betadpo_lightning.training.checks import check_batch, check_token_ids, check_weights_finite
+from betadpo_lightning.training.decision import BetaProvider, StaticBeta
 from betadpo_lightning.training.nonfinite import NonFiniteGuard, NonFinitePolicy
-from betadpo_lightning.training.optimization import build_optimization
+from betadpo_lightning.training.optimization import configure_policy_optimization
 from betadpo_lightning.training.policy_and_reference import PolicyAndReference
 from betadpo_lightning.training.reporting import PreferenceReporter
 
 __all__ = ["PreferenceModule"]
 
-LossType = Literal["sigmoid", "robust", "ipo", "hinge", "mallows_theta", "mallows_theta_ipo", "mallows_phi"]
 HeadOption = Literal["auto", "full"]
 
 
-class PreferenceModule(PreferenceEvaluation, PolicyAndReference):
+class PreferenceModule(PolicyAndReference):
     """A trainable policy and a reference, one concatenated forward over the ``(2B, T)`` batch per model.
 
     The reference comes from a :mod:`~betadpo_lightning.models.reference` provider: a frozen copy (default), the policy
@@ -49,30 +43,29 @@ class PreferenceModule(PreferenceEvaluation, PolicyAndReference):
     The policy trains in train mode whatever its source (``from_pretrained`` returns eval-mode models), so
     ``gradient_checkpointing`` and ``dropout`` take effect.
 
-    Without a β provider (see :mod:`betadpo_lightning.training.decision`) it trains with the fixed ``beta`` and
-    logs the preference metrics itself; with :class:`~betadpo_lightning.callbacks.DynamicBetaCallback` the
-    callback's controller decides β and the pairs kept, and the callback logs those metrics. ``train/loss`` is
-    always logged here, as a mean over the logging window. Validation and test (``trainer.test``, ``cli.py test``)
-    compute the same loss and metrics with the fixed β0, under ``val/`` and ``test/``
-    (:mod:`~betadpo_lightning.training.evaluation`).
+    One step, the same for every method: the forward gives the pairs (:class:`~betadpo_lightning.core.types.PairData`),
+    the loss component gives their margins (computed once), the β provider decides β, the kept pairs and the
+    normaliser (:class:`~betadpo_lightning.training.decision.StaticBeta` by default, or the controller of
+    :class:`~betadpo_lightning.callbacks.DynamicBetaCallback`), the loss component gives the per-pair losses, and
+    the one :class:`~betadpo_lightning.training.reporting.PreferenceReporter` records the metrics and logs them at
+    Lightning's logging steps. Validation and test (``trainer.test``, ``cli.py test``) compute the same loss and
+    metrics with the fixed β0, every pair kept, under ``val/`` and ``test/``: exact whatever the batch size and the
+    number of ranks (the samples a distributed sampler repeats are flagged ``is_padding`` and left out, and pairs
+    with a non-finite margin or no response token are counted in ``{stage}/nonfinite_pairs``).
 
     Args:
         model_name_or_path: hub name or local directory of the policy.
         model_config: instead of a checkpoint, a ``transformers`` config dict with ``model_type`` for a randomly
             initialised model (tests, the quickstart); ``vocab_size`` and special token ids default to the
             datamodule's tokenizer, and the resolved values are saved in the hyperparameters.
-        reference: where reference log-probs come from (``None``: a frozen copy of the initial policy).
-        loss_type: ``sigmoid`` (DPO / cDPO), ``robust``, ``ipo``, ``hinge``, or MallowsPO: ``mallows_theta``,
-            ``mallows_theta_ipo`` (IPO style) and ``mallows_phi`` (:mod:`betadpo_lightning.core.losses.mallows`), which
-            read the reference's entropy.
-        beta: β of the loss (with a dynamic-β callback its controller's β0 is used, and should equal this).
-        label_smoothing: ε of cDPO (``sigmoid``, ``mallows_theta``, ``mallows_phi``) or robust DPO; must be 0 for
-            ``ipo``, ``mallows_theta_ipo`` and ``hinge``.
-        reference_free: margins ``pc − pr`` without the reference log-probabilities (the reference still supplies
-            MallowsPO's entropy; the released MallowsPO runs train so).
-        home_advantage: γ, subtracted from every margin before the loss (MallowsPO's home advantage).
-        dispersion_scale: c of MallowsPO's weight ``w(x) = −c·log Ĥ(x)``.
-        average_logps: use length-averaged log-probs; ``None`` picks the loss's convention (IPO: yes, others: no).
+        reference: where reference log-probs come from (``None``: a frozen copy of the initial policy when the loss
+            needs a reference or reads the reference's entropy, else none).
+        loss: the loss component (:class:`~betadpo_lightning.core.losses.PreferenceLoss`, by ``class_path`` with
+            ``init_args`` in YAML) or its short name (``sigmoid``, ``ipo``, ``simpo``, ...; see
+            :data:`~betadpo_lightning.core.losses.LOSSES`). It carries its own hyperparameters and declares whether it
+            needs a reference and length-averaged log-probabilities.
+        beta: β0, the β of the loss (a dynamic-β callback's controller sets β during training; its β0 should equal
+            this).
         dtype: dtype the models are loaded in (``None``: float32; use ``precision`` for mixed precision).
         attn_implementation: ``transformers`` attention kernel (``sdpa``, ``eager``, ``flash_attention_2``).
         trust_remote_code: allow custom model code from the hub.
@@ -100,13 +93,8 @@ class PreferenceModule(PreferenceEvaluation, PolicyAndReference):
         model_name_or_path: str | None = None,
         model_config: dict[str, Any] | None = None,
         reference: ReferenceProvider | None = None,
-        loss_type: LossType = "sigmoid",
+        loss: PreferenceLoss | str = "sigmoid",
         beta: float = 0.1,
-        label_smoothing: float = 0.0,
-        reference_free: bool = False,
-        home_advantage: float = 0.0,
-        dispersion_scale: float = 0.29,
-        average_logps: bool | None = None,
         dtype: DType | None = None,
         attn_implementation: str | None = None,
         trust_remote_code: bool = False,
@@ -121,12 +109,8 @@ class PreferenceModule(PreferenceEvaluation, PolicyAndReference):
         max_skipped_steps: int = 10,
     ) -> None:
         super().__init__()
-        if loss_type not in PAIR_LOSSES:
-            raise ValueError(f"Expected `loss_type` in {sorted(PAIR_LOSSES)}, got {loss_type!r}.")
         if (model_name_or_path is None) == (model_config is None):
             raise ValueError("Give exactly one of `model_name_or_path` and `model_config`.")
-        if not beta > 0:
-            raise ValueError(f"Expected `beta` > 0, got {beta}.")
         if quantization is not None and (lora is None or model_name_or_path is None):
             raise ValueError(
                 f"quantization={quantization!r} trains LoRA adapters on a base loaded from a checkpoint: set `lora` "
@@ -134,42 +118,56 @@ class PreferenceModule(PreferenceEvaluation, PolicyAndReference):
             )
         if head not in ("auto", "full"):
             raise ValueError(f"Expected `head` in ('auto', 'full'), got {head!r}.")
-        self._loss = PAIR_LOSSES[loss_type]
-        self._loss.fn(torch.zeros(1), beta, label_smoothing, torch.ones(1))  # validates label_smoothing now
+        self.preference_loss = resolve_loss(loss)
         if isinstance(reference, Mapping):  # from a checkpoint's hparams (plain data)
             reference = ReferenceProvider.from_config(reference)
-        self.reference_provider = reference if reference is not None else FrozenReference()
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "reference"])
+        self.reference_provider = reference if reference is not None else self._default_reference()
+        self.static_beta = StaticBeta(beta)
+        self.beta_provider: BetaProvider = self.static_beta
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "reference", "loss"])
         self.hparams["reference"] = self.reference_provider.config()  # plain data: checkpoints load weights-only
-        self.beta, self.label_smoothing = float(beta), float(label_smoothing)
-        self.loss_type, self.home_advantage, self.dispersion_scale = loss_type, float(home_advantage), dispersion_scale
-        if not dispersion_scale > 0:
-            raise ValueError(f"Expected `dispersion_scale` > 0, got {dispersion_scale}.")
-        check_extras(self._loss.requires, self.pair_extras, f"loss_type={loss_type!r}", repr(self.reference_provider))
-        self.average_logps = self._loss.average_logps if average_logps is None else average_logps
+        self.hparams["loss"] = self.preference_loss.config()
+        check_extras(self.preference_loss.requires, self.pair_extras, repr(self.preference_loss), self._producer)
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self._guard = NonFiniteGuard(on_nonfinite, max_skipped_steps)
-        self.skipping_step = False
+        self._skipping_step = False
         self._init_models()
-        self.beta_provider: BetaProvider | None = None
         self.reporter = PreferenceReporter()
-        self.eval_loss = MeanOfSums()  # per-pair mean over the epoch and every rank, exact (see `_step`)
         self._pair_forward = PairForward(head)
+
+    def _default_reference(self) -> ReferenceProvider:
+        loss = self.preference_loss
+        wanted = loss.needs_reference or bool(loss.requires & FrozenReference.provides)
+        return FrozenReference() if wanted else NoReference()
+
+    @property
+    def _producer(self) -> str:
+        return f"PreferenceModule with {self.reference_provider!r}"
+
+    @property
+    def beta(self) -> float:
+        """β0, the base β of this module's loss."""
+        return self.static_beta.beta0
 
     @property
     def pair_extras(self) -> frozenset[str]:
         """Extra groups this module can put into its pairs.
 
-        Token counts, what the reference provider offers, and ε-perturbed log-probs when a reference model runs
-        (they need its logits).
+        Token counts, the policy's WPO weights, what the reference provider offers, and ε-perturbed log-probs when
+        a reference model runs (they need its logits).
         """
         perturbed = {"perturbed_logps"} if self.reference_provider.has_model else set()
-        return frozenset({"lengths"}) | self.reference_provider.provides | perturbed
+        own = {"lengths", "wpo"} & set(EXTRAS)
+        return frozenset(own) | self.reference_provider.provides | perturbed
+
+    def pair_request(self) -> PairRequest:
+        """What the forward computes: what the loss reads and what the β provider asks for."""
+        return PairRequest(self.preference_loss.requires) | self.beta_provider.request
 
     @property
-    def reference_free(self) -> bool:
-        """Whether the margins ignore the reference log-probabilities (``reference_free``, or ``NoReference``)."""
-        return bool(self.hparams.reference_free) or isinstance(self.reference_provider, NoReference)
+    def reference_extras(self) -> frozenset[str]:
+        """The extra groups the reference supplies for this run."""
+        return self.pair_request().extras & self.reference_provider.provides
 
     @override
     def setup(self, stage: str) -> None:
@@ -177,99 +175,69 @@ class PreferenceModule(PreferenceEvaluation, PolicyAndReference):
 
     @override
     def on_fit_start(self) -> None:
-        self.reporter.to(self.device)
         if self.reference_model is not None:  # the reference is in eval mode on purpose: silence exactly that
             count = sum(1 for _ in self.reference_model.modules())
             warnings.filterwarnings(
                 "ignore", message=rf"Found {count} module\(s\) in eval mode at the start", category=PossibleUserWarning
             )
-        self._check_token_ids()
-
-    def _check_token_ids(self) -> None:
-        """Once per fit: every token id of the data fits the policy's and the reference's embeddings.
-
-        Needs a datamodule with a ``token_id_beyond(vocab_size)`` method, such as
-        :class:`~betadpo_lightning.data.PreferenceDataModule`.
-        """
-        datamodule = getattr(self.trainer, "datamodule", None)
-        check = getattr(datamodule, "token_id_beyond", None)
-        if check is None:
-            return
-        for name, model in (("policy", self.policy), ("reference model", self.reference_model)):
-            if model is None:
-                continue
-            rows = int(model.get_input_embeddings().weight.shape[0])
-            found = check(rows)
-            if found is not None:
-                tokenizer = getattr(datamodule, "tokenizer", None)
-                size = f" of {len(tokenizer)} tokens" if tokenizer is not None else ""
-                raise ValueError(
-                    f"{found} is outside the vocabulary of the {name}: its input embedding has {rows} rows, but the "
-                    f"data was tokenized with a tokenizer{size}; use the model's own tokenizer or resize the "
-                    "embeddings."
-                )
+        check_token_ids(self)
 
     # -------------------------------------------------------------------- step
-    def _wanted_extras(self) -> frozenset[str]:
-        """The extra groups the loss and the β provider's controller require."""
-        provider = self.beta_provider
-        return self._loss.requires | (provider.required_extras if provider is not None else frozenset())
-
-    def _use_head(self, *models: nn.Module) -> bool:
-        return self._pair_forward.use_head(*models)
-
-    def forward_pairs(
-        self, batch: dict[str, Tensor], extras: frozenset[str] = frozenset(), epsilon: float | None = None
-    ) -> PairData:
+    def forward_pairs(self, batch: dict[str, Tensor], request: PairRequest | None = None) -> PairData:
         """Policy (with grad) and reference (without) values of a ``(2B, T)`` batch as ``B`` pairs.
 
         Args:
             batch: the preference batch (``input_ids``, ``attention_mask``, ``labels`` ``(2B, T)``; ``pair_index``
                 ``(B,)``; precomputed reference fields when the provider reads them).
-            extras: extra groups to compute beyond ``lengths`` (always present).
-            epsilon: ε of the ``perturbed_logps`` extra.
+            request: the extras to compute beyond ``lengths`` (always present); ``None``: :meth:`pair_request`.
 
         Returns:
-            The pairs, ``(B,)`` fields.
+            The pairs, ``(B,)`` fields, summed or length-averaged as the loss declares.
         """
         assert self.policy is not None
-        models = ModelPair(self.policy, self.reference, self.reference_provider)
-        return self._pair_forward(models, batch, self.average_logps, extras, epsilon)
+        request = self.pair_request() if request is None else request
+        models = ScoringModels(self.policy, self.reference, self.reference_provider)
+        average = self.preference_loss.average_logps
+        return self._pair_forward(models, batch, average, request.extras, request.epsilon)
 
-    def _step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
+    def _step(self, batch: dict[str, Tensor], stage: str) -> Tensor:
+        """One batch: pairs → margins (once) → β decision → per-pair loss → reduction → metrics."""
         check_batch(batch)
-        provider = self.beta_provider
-        settings = getattr(provider, "pair_settings", {}) if provider is not None else {}
-        pairs = self.forward_pairs(batch, self._wanted_extras(), settings.get("epsilon"))
-        margins = pair_margins(pairs, self.reference_free)  # (B,)
+        pairs = self.forward_pairs(batch)
+        margins = self.preference_loss.margins(pairs)  # (B,)
         has_response = (batch["labels"][:, 1:] != -100).any(-1)  # (2B,)
         finite = torch.isfinite(margins) & has_response[: len(pairs)] & has_response[len(pairs) :]
         if stage == "train":
             self._guard.observe(finite, pairs.pair_index, "margin (or a row without response token)")
         else:
-            pairs, margins = self._evaluated_pairs(batch, pairs, margins, finite, stage)
-        if provider is not None:
-            decision = provider.decide(pairs.detach())
-        else:
-            decision = static_decision(pairs, self.beta)
-            self.reporter.update_pairs(stage, pairs, self.beta)
-        weight = None
-        if "reference_entropy" in self._loss.requires:  # MallowsPO's dispersion weight, from the reference
-            weight = mallows_weight(
-                pairs.reference_chosen_entropy, pairs.reference_rejected_entropy, self.dispersion_scale
-            )
-        per_pair = self._loss.fn(margins - self.home_advantage, decision.beta, self.label_smoothing, weight)
+            counted = ~batch.get("is_padding", torch.zeros_like(finite))  # (B,): not a repeat that evens the ranks
+            self._log_nonfinite(stage, (~finite & counted).sum(), len(pairs))
+            pairs, margins = pairs.subset(finite & counted), margins[finite & counted]
+        decision = self.beta_provider.decide(pairs.detach(), margins.detach(), training=stage == "train")
+        per_pair = self.preference_loss(pairs, decision.beta, margins)  # (B,)
         loss = decision.reduce(per_pair)
         if stage == "train":
             self._guard.observe(torch.isfinite(loss).reshape(1), None, "loss")
-            self.reporter.update_scalars({"loss": loss})
-        else:
-            self._log_evaluation_loss(per_pair[decision.keep], stage)
-        return {"loss": loss}
+        beta0 = self.beta_provider.beta0
+        self.reporter.record(stage, pairs, margins, beta0, decision, loss if stage == "train" else per_pair)
+        return loss
+
+    def _log_nonfinite(self, stage: str, count: Tensor, batch_size: int) -> None:
+        """Count the pairs an evaluation leaves out for a non-finite margin (summed over the run and the ranks)."""
+        options = {"on_step": False, "on_epoch": True, "reduce_fx": "sum", "sync_dist": True}
+        self.log(f"{stage}/nonfinite_pairs", count.float(), batch_size=batch_size, **options)
 
     @override
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> dict[str, Tensor]:
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train")
+
+    @override
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    @override
+    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self._step(batch, "test")
 
     # ----------------------------------------------------------------- logging
     @override
@@ -278,8 +246,24 @@ class PreferenceModule(PreferenceEvaluation, PolicyAndReference):
 
     @override
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.reporter.log_train_if_due(self.trainer, self, prog_bar=("loss",), pairs=self.beta_provider is None):
-            self.log("train/skipped_steps", float(self._guard.skipped), on_step=True, on_epoch=False, batch_size=1)
+        skipped = {"train/skipped_steps": torch.tensor(float(self._guard.skipped))}
+        self.reporter.log_train_if_due(self.trainer, self, skipped)
+
+    @override
+    def on_validation_start(self) -> None:
+        self.reporter.reset_evaluation("val")
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        self.reporter.log_evaluation(self.trainer, self, "val")
+
+    @override
+    def on_test_start(self) -> None:
+        self.reporter.reset_evaluation("test")
+
+    @override
+    def on_test_epoch_end(self) -> None:
+        self.reporter.log_evaluation(self.trainer, self, "test")
 
     # --------------------------------------------------------------- optimizer
     @override
@@ -290,26 +274,23 @@ class PreferenceModule(PreferenceEvaluation, PolicyAndReference):
             result = optimizer_closure() if optimizer_closure is not None else None
             scaler = getattr(self.trainer.precision_plugin, "scaler", None)  # fp16: the scaler skips overflow
             params = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-            self.skipping_step = self._guard.check_step(self.trainer.strategy, params, self.global_step, scaler is None)
-            if self.skipping_step:
+            strategy, step = self.trainer.strategy, self.global_step
+            self._skipping_step = self._guard.check_step(strategy, params, step, scaler is None)
+            if self._skipping_step:
                 optimizer.zero_grad(set_to_none=True)  # no gradient: the optimizer updates nothing
+                self.beta_provider.skip_step()  # the documented hook: the β provider commits nothing of this step
             return result
 
         optimizer.step(closure=guarded)
 
     @override
     def lr_scheduler_step(self, scheduler: Any, metric: Any) -> None:
-        if not self.skipping_step:  # a skipped optimizer step does not advance the schedule either
+        if not self._skipping_step:  # a skipped optimizer step does not advance the schedule either
             super().lr_scheduler_step(scheduler, metric)
 
     @override
     def configure_optimizers(self) -> dict[str, Any]:
-        if self.policy is None:
-            raise RuntimeError("`configure_model()` must run before `configure_optimizers()`.")
-        known = self.scheduler_factory is None and self._trainer is not None  # only the default schedule needs it
-        total = self.trainer.estimated_stepping_batches if known else float("inf")
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        return build_optimization(params, self.optimizer_factory, self.scheduler_factory, total)
+        return configure_policy_optimization(self, self.optimizer_factory, self.scheduler_factory)
 
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

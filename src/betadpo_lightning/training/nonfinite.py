@@ -18,13 +18,12 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
+from betadpo_lightning.distributed import any_rank
+from betadpo_lightning.models.sharding import local_shard
+
 __all__ = ["NonFiniteGuard", "NonFinitePolicy"]
 
 NonFinitePolicy = Literal["raise", "skip"]
-
-
-def _local(tensor: Tensor) -> Tensor:
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 class NonFiniteGuard:
@@ -71,11 +70,11 @@ class NonFiniteGuard:
             FloatingPointError: with ``"raise"``, or after ``max_consecutive`` skipped steps.
         """
         with_grads = [(name, p) for name, p in parameters if p.grad is not None] if check_grads else []
-        grad_flags = [~torch.isfinite(_local(p.grad)).all() for _, p in with_grads]
+        grad_flags = [~torch.isfinite(local_shard(p.grad)).all() for _, p in with_grads]
         flags = [mask.any() for mask, _, _ in self._bad] + grad_flags
         device = flags[0].device if flags else torch.device("cpu")
-        local = torch.stack(flags).any().float() if flags else torch.zeros((), device=device)
-        agreed = bool(strategy.reduce(local.reshape(1), reduce_op="max").item() > 0)
+        local = torch.stack(flags).any() if flags else torch.zeros((), dtype=torch.bool, device=device)
+        agreed = any_rank(strategy, local, device)
         if not agreed:
             self._bad.clear()
             self.consecutive = 0

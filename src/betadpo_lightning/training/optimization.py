@@ -13,7 +13,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from betadpo_lightning.training.schedulers import LinearWarmup
 
-__all__ = ["build_optimization"]
+__all__ = ["build_optimization", "configure_policy_optimization"]
 
 
 def build_optimization(
@@ -45,3 +45,21 @@ def build_optimization(
     else:
         scheduler = scheduler_factory(optimizer)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def configure_policy_optimization(
+    module: Any, optimizer_factory: OptimizerCallable | None, scheduler_factory: LRSchedulerCallable | None
+) -> dict[str, Any]:
+    """``configure_optimizers`` of a module with a ``policy``: its trainable parameters, :func:`build_optimization`.
+
+    The default schedule needs the run's length (``trainer.estimated_stepping_batches``); a given one does not.
+
+    Raises:
+        RuntimeError: before ``configure_model()`` has built the policy.
+    """
+    if module.policy is None:
+        raise RuntimeError("`configure_model()` must run before `configure_optimizers()`.")
+    known = scheduler_factory is None and module._trainer is not None  # only the default schedule needs it
+    total = module.trainer.estimated_stepping_batches if known else float("inf")
+    params = [p for p in module.policy.parameters() if p.requires_grad]
+    return build_optimization(params, optimizer_factory, scheduler_factory, total)

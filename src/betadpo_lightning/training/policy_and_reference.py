@@ -37,10 +37,12 @@ class PolicyAndReference(ReferenceCheckpointing):
 
     Reads the hyperparameters ``model_name_or_path``, ``model_config``, ``dtype``, ``attn_implementation``,
     ``trust_remote_code``, ``quantization``, ``lora``, ``dropout`` and ``gradient_checkpointing``; the subclass sets
-    ``reference_provider`` and calls ``_init_models()`` in its ``__init__``.
+    ``reference_provider`` and ``reference_extras`` and calls ``_init_models()`` in its ``__init__``.
     """
 
     reference_provider: ReferenceProvider
+    reference_extras: frozenset[str] = frozenset()
+    """The extra groups the reference must supply (a precomputed reference caches exactly those)."""
 
     def _init_models(self) -> None:
         self.policy: nn.Module | None = None
@@ -48,9 +50,6 @@ class PolicyAndReference(ReferenceCheckpointing):
         self._reference_origin: dict[str, Any] = {}
         self._reference_built = False
         self._base_keys: frozenset[str] = frozenset()
-
-    def _wanted_extras(self) -> frozenset[str]:  # pragma: no cover - the subclass knows what it computes
-        return frozenset()
 
     @property
     def reference(self) -> nn.Module | None:
@@ -99,7 +98,7 @@ class PolicyAndReference(ReferenceCheckpointing):
         copy = frozen_copy if mesh is None or hp.lora is not None else functools.partial(sharded_frozen_copy, mesh=mesh)
         self._build_reference(copy)
         if self._trainer is not None:
-            entropy = "reference_entropy" in self._wanted_extras()
+            entropy = "reference_entropy" in self.reference_extras
             self.reference_provider.prepare(self, self._trainer, entropy, self._loader())
         if mesh is not None and self.reference_model is not None and not _is_sharded(self.reference_model):
             fully_shard_causal_lm(self.reference_model, mesh)

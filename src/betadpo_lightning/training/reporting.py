@@ -1,10 +1,12 @@
-"""Windowed logging of the preference metrics, shared by the β callback and by a module that has none.
+"""The one reporter of a preference module: its metrics per stage and the windowed training scalars.
 
 Training values are accumulated over every micro-batch since the last logging step and written at Lightning's own
 logging steps: right after an optimizer step that makes ``global_step`` a multiple of ``Trainer(log_every_n_steps)``
 (or when the trainer is stopping), which is when Lightning writes step metrics to its loggers, with or without
 gradient accumulation. Updates are local; the only collectives are the torchmetrics ``compute()`` calls at those
 steps (the same steps on every rank). Evaluation values (``val``, ``test``) cover the whole evaluation run.
+
+The reporter is an ``nn.Module`` whose metrics are registered submodules, so it moves with the module that holds it.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import lightning.pytorch as pl
-import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from betadpo_lightning.core.types import PairData
-from betadpo_lightning.training.metrics import MeanOfSums, PreferenceMetrics
+from betadpo_lightning.training.decision import BetaDecision
+from betadpo_lightning.training.metrics import PreferenceMetrics, exact_mean
 
 __all__ = ["STAGES", "PreferenceReporter", "evaluation_stage"]
 
@@ -29,52 +31,59 @@ def evaluation_stage(trainer: pl.Trainer) -> str:
     return "test" if trainer.testing else "val"
 
 
-class PreferenceReporter:
-    """Preference metrics of the ``train``, ``val`` and ``test`` stages plus windowed training scalars (``loss``, ...).
+class PreferenceReporter(nn.Module):
+    """Preference metrics of the ``train``, ``val`` and ``test`` stages, the loss, and β with its statistics.
 
-    Keys logged: ``{stage}/{key}`` for every key of :meth:`PreferenceMetrics.compute`, and ``train/{name}`` for every
-    scalar passed to :meth:`update_scalars` (window means over micro-batches and ranks).
+    Keys logged: ``{stage}/{key}`` for every key of :meth:`PreferenceMetrics.compute`, ``{stage}/loss`` (training:
+    window mean of the micro-batch losses; evaluation: mean over every counted pair), ``train/beta`` (mean β of the
+    window) and ``train/beta/<stat>`` for every statistic a decision reports.
     """
 
     def __init__(self) -> None:
-        self.metrics = {stage: PreferenceMetrics() for stage in STAGES}
-        self.scalars: dict[str, MeanOfSums] = {}
-        self._device = torch.device("cpu")
+        super().__init__()
+        self.metrics = nn.ModuleDict({f"{stage}_": PreferenceMetrics() for stage in STAGES})  # "train" is a method
+        self.losses = nn.ModuleDict({f"{stage}_": exact_mean() for stage in STAGES})
+        self.scalars = nn.ModuleDict()  # train/<name> window means, created on first use
         self._last_step: int | None = None
 
-    def to(self, device: torch.device) -> PreferenceReporter:
-        """Move every metric state to ``device`` (the metrics are not submodules of any LightningModule)."""
-        self._device = torch.device(device)
-        for metric in [*self.metrics.values(), *self.scalars.values()]:
-            metric.to(self._device)
-        return self
+    def record(
+        self, stage: str, pairs: PairData, margins: Tensor, beta0: float, decision: BetaDecision, losses: Tensor
+    ) -> None:
+        """Add one batch: its pairs and margins ``(B,)``, the decision and the loss.
 
-    def update_pairs(self, stage: str, pairs: PairData, beta: float) -> None:
-        """Add a batch of pairs to the ``stage`` window; rewards are scaled by ``beta`` (β0)."""
-        self.metrics[stage].update(pairs, beta)
+        Args:
+            stage: ``train``, ``val`` or ``test``.
+            pairs: the batch's pairs (detached inside).
+            margins: their margins, ``(B,)``.
+            beta0: the base β that scales the logged rewards.
+            decision: the β decision of the batch (its β and statistics are logged in training).
+            losses: training: the micro-batch's scalar loss; evaluation: the counted pairs' losses ``(B,)``.
+        """
+        self.metrics[f"{stage}_"].update(pairs, margins.detach(), beta0)
+        self.losses[f"{stage}_"].update(losses.detach())
+        if stage == "train":
+            self._update_scalars({"beta": decision.beta.mean()})
+            self._update_scalars({f"beta/{name}": value for name, value in decision.stats.items()})
 
-    def update_scalars(self, values: Mapping[str, Tensor]) -> None:
-        """Add one value per name (0-d or any shape: its elements count as samples) to the training window."""
+    def _update_scalars(self, values: Mapping[str, Tensor]) -> None:
         for name, value in values.items():
-            if name not in self.scalars:
-                self.scalars[name] = MeanOfSums().to(self._device)
-            self.scalars[name].update(value.detach())
+            key = name.replace("/", "__")  # a module name holds neither "/" nor "."
+            if key not in self.scalars:
+                self.scalars[key] = exact_mean().to(self.losses["train_"].device)
+            self.scalars[key].update(value.detach())
 
     def on_train_start(self, trainer: pl.Trainer) -> None:
         """Start the first window at the current step (0, or the step a run resumes from)."""
         self._last_step = trainer.global_step
-        self._reset_train()
+        self._reset("train")
 
-    def log_train_if_due(
-        self, trainer: pl.Trainer, module: pl.LightningModule, prog_bar: tuple[str, ...] = (), pairs: bool = True
-    ) -> bool:
+    def log_train_if_due(self, trainer: pl.Trainer, module: pl.LightningModule, extra: Mapping[str, Tensor]) -> bool:
         """Log and reset the training window if Lightning writes step metrics after this batch; call every batch.
 
         Args:
             trainer: the trainer.
             module: the module to log through.
-            prog_bar: scalar names also shown in the progress bar.
-            pairs: whether this reporter logs the preference metrics (must be the same on every rank).
+            extra: values logged with the window (e.g. ``train/skipped_steps``).
 
         Returns:
             Whether the window was logged.
@@ -84,34 +93,35 @@ class PreferenceReporter:
         every = trainer.log_every_n_steps
         if last is None or step == last or every <= 0 or not (step % every == 0 or trainer.should_stop):
             return False
-        values = self._compute("train", pairs and (self.metrics["train"].num_batches > 0 or trainer.world_size > 1))
-        values.update({f"train/{name}": metric.compute() for name, metric in self.scalars.items()})
-        shown = {f"train/{name}" for name in prog_bar}
+        values = self._compute("train", trainer)
+        values.update({f"train/{key.replace('__', '/')}": metric.compute() for key, metric in self.scalars.items()})
+        values.update(extra)
         for key, value in values.items():
-            module.log(key, value, on_step=True, on_epoch=False, batch_size=1, prog_bar=key in shown)
-        self._reset_train()
+            value = value.float() if isinstance(value, Tensor) else value
+            module.log(key, value, on_step=True, on_epoch=False, batch_size=1, prog_bar=key == "train/loss")
+        self._reset("train")
         return True
 
     def log_evaluation(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
-        """Log the window of an evaluation stage (``val`` or ``test``) at the end of its run, and reset it.
-
-        A collective call under DDP (every rank must call it), like :meth:`PreferenceMetrics.compute`.
-        """
-        values = self._compute(stage, self.metrics[stage].num_batches > 0 or trainer.world_size > 1)
+        """Log an evaluation stage's values (``val`` or ``test``) at the end of its run; a collective under DDP."""
+        values = {key: value.float() for key, value in self._compute(stage, trainer).items()}
         module.log_dict(values, on_step=False, on_epoch=True, batch_size=1)
-        self.metrics[stage].reset()
+        self._reset(stage)
 
     def reset_evaluation(self, stage: str) -> None:
         """Start a new window of an evaluation stage (``val`` or ``test``)."""
-        self.metrics[stage].to(self._device)
-        self.metrics[stage].reset()
+        self._reset(stage)
 
-    def _compute(self, stage: str, any_data: bool) -> dict[str, Tensor]:
-        if not any_data:  # nothing seen by this only rank: log nothing rather than zeros
+    def _compute(self, stage: str, trainer: pl.Trainer) -> dict[str, Tensor]:
+        if self.metrics[f"{stage}_"].num_batches == 0 and trainer.world_size == 1:  # nothing seen: log nothing, not zeros
             return {}
-        return {f"{stage}/{key}": value for key, value in self.metrics[stage].compute().items()}
+        values = {f"{stage}/{key}": value for key, value in self.metrics[f"{stage}_"].compute().items()}
+        values[f"{stage}/loss"] = self.losses[f"{stage}_"].compute()
+        return values
 
-    def _reset_train(self) -> None:
-        self.metrics["train"].reset()
-        for metric in self.scalars.values():
-            metric.reset()
+    def _reset(self, stage: str) -> None:
+        self.metrics[f"{stage}_"].reset()
+        self.losses[f"{stage}_"].reset()
+        if stage == "train":
+            for metric in self.scalars.values():
+                metric.reset()

@@ -25,12 +25,13 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from betadpo_lightning.distributed import barrier
 from betadpo_lightning.models.building import DType, LoraOptions
 from betadpo_lightning.models.reference import NoReference
 from betadpo_lightning.models.scoring import head_unsupported_reason, score_rows
 from betadpo_lightning.models.sharding import close_process_group_at_exit
-from betadpo_lightning.training.metrics import MeanOfSums
-from betadpo_lightning.training.optimization import build_optimization
+from betadpo_lightning.training.metrics import exact_mean
+from betadpo_lightning.training.optimization import configure_policy_optimization
 from betadpo_lightning.training.policy_and_reference import PolicyAndReference
 
 __all__ = ["SFTModule", "chosen_rows", "response_token_count"]
@@ -124,7 +125,7 @@ class SFTModule(PolicyAndReference):
         self.hparams["quantization"] = None  # read by the shared policy builder; SFT trains unquantised weights
         self.reference_provider = NoReference()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
-        self.val_nll = MeanOfSums()  # NLL summed over tokens, counted per token
+        self.val_nll = exact_mean()  # NLL summed over tokens, counted per token
         self._init_models()
 
     @override
@@ -171,16 +172,12 @@ class SFTModule(PolicyAndReference):
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         nll, tokens = self.response_nll(batch)
-        self.val_nll.update(nll, tokens)
+        self.val_nll.update(nll.detach() / tokens.clamp(min=1), weight=tokens)  # a sum over `tokens` items
         self.log("val/loss", self.val_nll, on_step=False, on_epoch=True, prog_bar=True)
 
     @override
     def configure_optimizers(self) -> dict[str, Any]:
-        if self.policy is None:
-            raise RuntimeError("`configure_model()` must run before `configure_optimizers()`.")
-        total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
-        params = [p for p in self.policy.parameters() if p.requires_grad]
-        return build_optimization(params, self.optimizer_factory, self.scheduler_factory, total)
+        return configure_policy_optimization(self, self.optimizer_factory, self.scheduler_factory)
 
     # ------------------------------------------------------------------ output
     @override
@@ -190,7 +187,7 @@ class SFTModule(PolicyAndReference):
             tokenizer = getattr(getattr(self.trainer, "datamodule", None), "tokenizer", None)
             self.save_pretrained(output_dir, tokenizer)
         if output_dir is not None:
-            self.trainer.strategy.barrier("sft_output_dir")
+            barrier(self.trainer.strategy, "sft_output_dir")
 
     def save_pretrained(self, output_dir: str | Path, tokenizer: Any = None) -> Path:
         """Write the policy (LoRA adapters merged) and the tokenizer as a ``transformers`` model directory.
@@ -233,6 +230,8 @@ class SFTModule(PolicyAndReference):
 
 
 if __name__ == "__main__":
-    from betadpo_lightning.commands.sft_cli import main
+    # `python -m betadpo_lightning.training.sft` runs the command line, which lives a layer above (commands/, which
+    # imports this module): run it by name rather than import it, so the training layer never imports commands/.
+    import runpy
 
-    main()
+    runpy.run_module("betadpo_lightning.commands.sft_cli", run_name="__main__")

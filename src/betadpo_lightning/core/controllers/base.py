@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
 
-from betadpo_lightning.core.types import PairData
+from betadpo_lightning.core.types import PairData, PairRequest
 
-__all__ = ["SCOPES", "BetaController", "BetaStep", "StatisticsScope"]
-
-StatisticsScope = Literal["micro_batch", "optimizer_step"]
-SCOPES: tuple[str, ...] = ("micro_batch", "optimizer_step")
+__all__ = ["BetaController", "BetaStep"]
 
 
 @dataclass(frozen=True)
@@ -35,43 +32,47 @@ class BetaController(Protocol):
     """A stateful rule that turns the pairs of a training micro-batch into β and a keep-mask.
 
     The caller (:class:`~betadpo_lightning.callbacks.DynamicBetaCallback`) calls :meth:`step` once per training
-    micro-batch with the **global** data: the DPO margins of every rank's pairs, gathered in rank order, and the same
-    pairs as a :class:`~betadpo_lightning.core.types.PairData` holding the extra groups named in :attr:`requires`. It
-    calls
-    :meth:`on_optimizer_step` once per optimizer step, after the step's last micro-batch. Both must give the same
-    result on every rank for the same inputs, without any communication.
+    micro-batch with the **global** data: the margins of every rank's pairs, gathered in rank order, and the same
+    pairs as a :class:`~betadpo_lightning.core.types.PairData` holding the extras of :attr:`request`. It calls
+    :meth:`on_optimizer_step` after every optimizer step, or :meth:`discard_step` instead when the step was skipped
+    (non-finite values). Both must give the same result on every rank for the same inputs, without communication.
+
+    The declarations say which losses the rule is meaningful for
+    (:func:`~betadpo_lightning.core.compose.composition_error` reads them against the loss's declarations).
 
     Attributes:
-        beta: β0, the base β: the logged rewards use it, and so does the validation loss (fixed, so that it does not
-            depend on how validation is batched or on the number of ranks).
-        requires: the extra groups of :data:`~betadpo_lightning.core.types.EXTRAS` that :meth:`step` reads.
-        scope: ``"micro_batch"``: statistics are updated with every micro-batch before use (as the papers do);
-            ``"optimizer_step"``: once per optimizer step from all micro-batches of the step (every rank), so that
-            a run with gradient accumulation updates them once per step.
-        reference_margins: whether the rule is only meaningful for margins relative to a reference (a module that
-            declares ``reference_free`` is then refused).
-        supported_losses: the ``loss_type`` names the rule is meaningful for (``None``: any); a module that declares
-            another ``loss_type`` is refused.
+        beta: β0, the base β: the logged rewards use it, and so does the evaluation loss.
+        request: what the pairs passed to :meth:`step` must hold (extras, and ε for perturbed log-probs).
+        adapts_beta: whether the rule changes β (the loss's β must then be the margin's temperature).
+        reference_margins: whether the rule needs margins relative to a reference.
+        per_pair_beta: whether β differs per pair (the loss must be pairwise).
+        filters: whether some pairs are dropped (the loss must be pairwise).
+        needs_logistic: whether the rule's argument holds only for a logistic link σ(β·h).
     """
 
     beta: float
-    requires: frozenset[str]
-    scope: StatisticsScope
+    request: PairRequest
+    adapts_beta: bool
     reference_margins: bool
-    supported_losses: frozenset[str] | None
+    per_pair_beta: bool
+    filters: bool
+    needs_logistic: bool
 
     def step(self, gaps: Tensor, pairs: PairData | None = None) -> BetaStep:
         """β and keep-mask of a training micro-batch; may update the state.
 
         Args:
-            gaps: the detached DPO margins of all ``N`` pairs of the micro-batch over all ranks, shape ``(N,)``.
-            pairs: the same pairs with the extras in :attr:`requires` (the caller passes it when ``requires`` is
-                not empty).
+            gaps: the detached margins of all ``N`` pairs of the micro-batch over all ranks, shape ``(N,)``.
+            pairs: the same pairs with the extras of :attr:`request`.
         """
         ...
 
     def on_optimizer_step(self) -> None:
-        """Called once per optimizer step, after its last micro-batch (statistics of the ``optimizer_step`` scope)."""
+        """Called once after every optimizer step that happened."""
+        ...
+
+    def discard_step(self) -> None:
+        """Called instead of :meth:`on_optimizer_step` for a skipped optimizer step: forget what it accumulated."""
         ...
 
     def state_dict(self) -> dict[str, Any]:

@@ -6,14 +6,18 @@ Wu et al., "β-DPO: Direct Preference Optimization with Dynamic β", NeurIPS 202
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from betadpo_lightning.core.controllers.base import SCOPES, BetaStep, StatisticsScope
+from betadpo_lightning.core.controllers.base import BetaStep
 from betadpo_lightning.core.controllers.gumbel import derive_seed, gumbel_topk_mask
-from betadpo_lightning.core.types import PairData
+from betadpo_lightning.core.moments import pooled_moments
+from betadpo_lightning.core.types import PairData, PairRequest
+
+StatisticsScope = Literal["micro_batch", "optimizer_step"]
+SCOPES: tuple[str, ...] = ("micro_batch", "optimizer_step")
 
 __all__ = ["BetaDPOController"]
 
@@ -73,9 +77,11 @@ class BetaDPOController:
         (0.1, [True, True, True])
     """
 
-    requires: frozenset[str] = frozenset()
+    request: PairRequest = PairRequest()
+    adapts_beta: bool = True
     reference_margins: bool = True
-    supported_losses: frozenset[str] | None = None
+    per_pair_beta: bool = False
+    needs_logistic: bool = False
 
     def __init__(
         self,
@@ -113,6 +119,11 @@ class BetaDPOController:
         self._steps = 0
         self._updates = 0
         self._pending = torch.zeros(3, dtype=torch.float64)  # count, sum, sum of squares of the step's margins
+
+    @property
+    def filters(self) -> bool:
+        """Whether pairs are dropped (``rho`` > 0)."""
+        return self.rho > 0
 
     @property
     def num_steps(self) -> int:
@@ -275,11 +286,7 @@ def _moments(g: Tensor) -> tuple[Tensor, Tensor | None]:
 
 def _pooled(sums: Tensor) -> tuple[Tensor, Tensor | None]:
     """Mean and unbiased std from ``[count, Σ, Σ²]`` (``None`` std for fewer than two values)."""
-    n, total, total_sq = sums[0], sums[1], sums[2]
-    mean = total / n
-    if n < 2:
-        return mean, None
-    return mean, ((total_sq - n * mean * mean).clamp(min=0) / (n - 1)).sqrt()
+    return pooled_moments(sums[0], sums[1], sums[2])
 
 
 def _check(ok: bool, name: str, expected: str, value: object) -> None:

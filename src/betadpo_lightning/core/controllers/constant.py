@@ -7,8 +7,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from betadpo_lightning.core.controllers.base import BetaStep, StatisticsScope
-from betadpo_lightning.core.types import PairData
+from betadpo_lightning.core.controllers.base import BetaStep
+from betadpo_lightning.core.types import PairData, PairRequest
 
 __all__ = ["ConstantBetaController"]
 
@@ -24,10 +24,12 @@ class ConstantBetaController:
         tensor([True, True])
     """
 
-    requires: frozenset[str] = frozenset()
-    scope: StatisticsScope = "micro_batch"
+    request: PairRequest = PairRequest()
+    adapts_beta: bool = False
     reference_margins: bool = False
-    supported_losses: frozenset[str] | None = None
+    per_pair_beta: bool = False
+    filters: bool = False
+    needs_logistic: bool = False
 
     def __init__(self, beta: float = 0.1) -> None:
         if not beta > 0:
@@ -43,6 +45,9 @@ class ConstantBetaController:
         return BetaStep(beta=beta, keep=keep, stats={})
 
     def on_optimizer_step(self) -> None:
+        """Nothing to do: there is no state."""
+
+    def discard_step(self) -> None:
         """Nothing to do: there is no state."""
 
     def settings(self) -> dict[str, Any]:

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from betadpo_lightning.core.controllers.base import BetaStep, StatisticsScope
-from betadpo_lightning.core.types import PairData
+from betadpo_lightning.core.controllers.base import BetaStep
+from betadpo_lightning.core.types import PairData, PairRequest
 
 __all__ = ["EpsilonBetaController", "perturbation_signs"]
 
@@ -73,10 +73,11 @@ class EpsilonBetaController:
         tensor([0.0067, 0.0200])
     """
 
-    requires: frozenset[str] = frozenset({"perturbed_logps"})
-    scope: StatisticsScope = "optimizer_step"
+    adapts_beta: bool = True
     reference_margins: bool = True
-    supported_losses: frozenset[str] | None = frozenset({"sigmoid", "robust", "mallows_theta", "mallows_phi"})
+    per_pair_beta: bool = True
+    filters: bool = False
+    needs_logistic: bool = True
 
     def __init__(self, beta: float = 0.01, epsilon: float = 0.01) -> None:
         if not beta > 0:
@@ -87,6 +88,11 @@ class EpsilonBetaController:
         self._current = torch.tensor(self.beta, dtype=torch.float64)
         self._pending = torch.zeros(2, dtype=torch.float64)  # Σ s, count over the optimizer step
         self._updates = 0
+
+    @property
+    def request(self) -> PairRequest:
+        """The perturbed log-probs with this controller's ε."""
+        return PairRequest(frozenset({"perturbed_logps"}), self.epsilon)
 
     @property
     def current_beta(self) -> float:
