@@ -121,7 +121,7 @@ def test_unknown_key_of_a_subclass_in_a_config_file(capsys, tmp_path):
     [
         (["--model.beta", "abc"], "error: model.beta: expected a float, got 'abc'"),
         (["--trainer.max_steps", "abc"], "error: trainer.max_steps: expected an int, got 'abc'"),
-        (["--model.loss", "sigmod"], "error: model.loss"),
+        (["--model.loss", "sigmod"], "error: model.loss: Unknown loss"),
     ],
 )
 def test_value_of_the_wrong_type_names_the_option_and_the_type(capsys, args, expected):

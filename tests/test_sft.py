@@ -199,7 +199,7 @@ def test_padding_pairs_count_in_no_validation_loss(data):
                 flagged += int(batch["is_padding"].sum())
                 alone += int(bool(batch["is_padding"].all()))
                 nll, tokens = module.response_nll(batch)
-                metric.update(nll / tokens.clamp(min=1), weight=tokens)
+                metric.update((nll / tokens.clamp(min=1)).reshape(1), weight=tokens.reshape(1).double())
     assert (flagged, alone) == (1, 1)
     whole = data.collate([validation[i] for i in range(len(validation))])
     nll, tokens = nll_sum_and_count_f64(module.policy, whole)

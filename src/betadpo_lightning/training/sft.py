@@ -172,7 +172,7 @@ class SFTModule(PolicyAndReference):
     @override
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         nll, tokens = self.response_nll(batch)
-        self.val_nll.update(nll.detach() / tokens.clamp(min=1), weight=tokens)  # a sum over `tokens` items
+        self.val_nll.update((nll.detach() / tokens.clamp(min=1)).reshape(1), weight=tokens.reshape(1).double())
         self.log("val/loss", self.val_nll, on_step=False, on_epoch=True, prog_bar=True)
 
     @override
