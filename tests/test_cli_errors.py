@@ -121,13 +121,27 @@ def test_unknown_key_of_a_subclass_in_a_config_file(capsys, tmp_path):
     [
         (["--model.beta", "abc"], "error: model.beta: expected a float, got 'abc'"),
         (["--trainer.max_steps", "abc"], "error: trainer.max_steps: expected an int, got 'abc'"),
-        (["--model.loss", "sigmod"], "error: model.loss: Unknown loss"),
     ],
 )
 def test_value_of_the_wrong_type_names_the_option_and_the_type(capsys, args, expected):
     code, message = _fail(capsys, args)
     assert code == 2
     assert message.startswith(expected)
+    _assert_short(message)
+
+
+def test_an_unknown_loss_name_names_the_option_and_the_known_names(capsys):
+    code, message = _fail(capsys, ["--model.loss", "sigmod"])
+    assert code == 1  # refused by the loss registry when the model is built, not by the parser
+    assert message.startswith("error: model.loss: Unknown loss 'sigmod': expected one of [")
+    assert "'simpo'" in message
+    _assert_short(message)
+
+
+def test_an_old_loss_option_names_the_new_one(capsys):
+    code, message = _fail(capsys, ["--model.loss_type", "ipo"])
+    assert code == 2
+    assert "--model.loss_type: the loss is model.loss" in message
     _assert_short(message)
 
 

@@ -255,7 +255,9 @@ def test_constant_controller():
     assert result.keep.all()
     assert controller.step(torch.zeros(2), None).beta.item() == 0.25
     assert controller.request == PairRequest()
-    assert not (controller.adapts_beta or controller.filters or controller.per_pair_beta)
+    assert not controller.adapts_beta
+    assert not controller.filters
+    assert not controller.per_pair_beta
     with pytest.raises(ValueError, match="beta"):
         ConstantBetaController(beta=-1.0)
 

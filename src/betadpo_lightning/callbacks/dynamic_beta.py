@@ -188,4 +188,3 @@ class DynamicBetaCallback(Callback):
                     "values are used, so the run does not continue exactly as the checkpointed one would have."
                 )
         self.controller.load_state_dict(state)
-

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics import MeanMetric, Metric
+from torchmetrics import Metric
 
 from betadpo_lightning.core.losses import pair_rewards
 from betadpo_lightning.core.moments import pooled_moments
 from betadpo_lightning.core.types import PairData
 
-__all__ = ["MomentMetric", "PreferenceMetrics", "RewardAccuracy", "exact_mean"]
+__all__ = ["ExactMean", "MomentMetric", "PreferenceMetrics", "RewardAccuracy", "exact_mean"]
 
 
 class RewardAccuracy(Metric):
@@ -52,18 +52,43 @@ class RewardAccuracy(Metric):
         return (self.correct / self.total.clamp(min=1)).float()
 
 
-def exact_mean() -> MeanMetric:
-    """Torchmetrics' ``MeanMetric`` with float64 states that keeps NaN: a mean with nothing finite is NaN, never 0.
+class ExactMean(Metric):
+    """Weighted mean from float64 sums that keeps NaN: a mean with nothing to average is NaN, never 0.
 
-    ``update(values)`` adds every element; ``update(total / count, weight=count)`` adds a sum over ``count`` items.
+    torchmetrics' ``MeanMetric`` does not fit: with ``nan_strategy="disable"`` (keep NaN) its ``update`` ignores
+    ``weight`` (torchmetrics 1.x), and every other strategy drops or replaces NaN silently.
 
     Example:
-        >>> metric = exact_mean()
-        >>> metric.update(torch.tensor([1.0, 2.0])); metric.update(torch.tensor([6.0]))
+        >>> metric = ExactMean()
+        >>> metric.update(torch.tensor([1.0, 2.0])); metric.update(torch.tensor(6.0), weight=torch.tensor(2.0))
         >>> metric.compute()
-        tensor(3., dtype=torch.float64)
+        tensor(3.7500, dtype=torch.float64)
     """
-    return MeanMetric(nan_strategy="disable").set_dtype(torch.float64)
+
+    full_state_update = False
+    mean_value: Tensor
+    weight: Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("mean_value", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("weight", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, weight: Tensor | float = 1.0) -> None:
+        """Add ``value`` (any shape) with ``weight`` (broadcast against it): ``Σ value·weight`` and ``Σ weight``."""
+        value = value.detach().to(torch.float64)
+        weight = torch.broadcast_to(torch.as_tensor(weight, dtype=torch.float64, device=value.device), value.shape)
+        self.mean_value += (value * weight).sum()
+        self.weight += weight.sum()
+
+    def compute(self) -> Tensor:
+        """``Σ value·weight / Σ weight`` (NaN when nothing was added)."""
+        return self.mean_value / self.weight
+
+
+def exact_mean() -> ExactMean:
+    """A new :class:`ExactMean` (``update(values)`` adds every element; ``update(mean, weight=count)`` a sum)."""
+    return ExactMean()
 
 
 class MomentMetric(Metric):

@@ -113,7 +113,7 @@ class PreferenceReporter(nn.Module):
         self._reset(stage)
 
     def _compute(self, stage: str, trainer: pl.Trainer) -> dict[str, Tensor]:
-        if self.metrics[f"{stage}_"].num_batches == 0 and trainer.world_size == 1:  # nothing seen: log nothing, not zeros
+        if self.metrics[f"{stage}_"].num_batches == 0 and trainer.world_size == 1:  # nothing seen: log nothing
             return {}
         values = {f"{stage}/{key}": value for key, value in self.metrics[f"{stage}_"].compute().items()}
         values[f"{stage}/loss"] = self.losses[f"{stage}_"].compute()
