@@ -11,10 +11,9 @@ import torch
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.core.controllers import BetaDPOController
-from betadpo_lightning.core.types import PairData
 from betadpo_lightning.training.module import PreferenceModule
 from helpers.ddp_checks import AccuracyCheck, CrossRankCheck
-from helpers.protocol_module import PairScorer
+from helpers.protocol_module import PairScorer, cat_pairs
 from helpers.tiny import TINY_LLAMA, RandomPairsData
 from helpers.trainers import quiet_trainer
 
@@ -88,7 +87,7 @@ def test_epsilon_dpo_two_ranks_equal_the_single_process_mean(tmp_path):
     single = PerturbedScorer(sizes=(3, 5))
     controller = single.epsilon_mirror
     for batch_idx in range(6):  # the same global batches in one process
-        everyone = PairData.cat([single.perturbed(batch_idx, r, single.w.weight).detach() for r in range(2)])
+        everyone = cat_pairs([single.perturbed(batch_idx, r, single.w.weight).detach() for r in range(2)])
         controller.step(torch.zeros(8), everyone)
         if batch_idx % 2 == 1:
             controller.on_optimizer_step()

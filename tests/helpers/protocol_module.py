@@ -159,7 +159,7 @@ class PerturbedScorer(PairScorer):
         pairs = self.perturbed(batch_idx, self.global_rank, self.w.weight)
         margins = pair_margins(pairs)
         decision = self.beta_provider.decide(pairs.detach(), margins.detach(), training=True)
-        everyone = _cat([self.perturbed(batch_idx, r, self.w.weight).detach() for r in range(len(self.sizes))])
+        everyone = cat_pairs([self.perturbed(batch_idx, r, self.w.weight).detach() for r in range(len(self.sizes))])
         expected = self.epsilon_mirror.step(torch.zeros(len(everyone)), everyone)
         offset = sum(self.sizes[: self.global_rank])
         assert torch.equal(decision.beta, expected.beta[offset : offset + len(pairs)]), (decision.beta, expected.beta)
@@ -177,6 +177,6 @@ class PerturbedScorer(PairScorer):
         assert self.beta_provider.controller.current_beta == self.epsilon_mirror.current_beta
 
 
-def _cat(parts: list[PairData]) -> PairData:
+def cat_pairs(parts: list[PairData]) -> PairData:
     names = parts[0].tensors().keys()
     return PairData(**{name: torch.cat([part.tensors()[name] for part in parts]) for name in names})
