@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from betadpo_lightning.core.losses import pair_margins
 from betadpo_lightning.data.collate import collate_preference_pairs
 from betadpo_lightning.data.synthetic import gold_reward
 from betadpo_lightning.data.tokenize import special_prefix
@@ -129,7 +128,7 @@ def preference_accuracy(module, pairs: list[dict], pad: int) -> float:
     for start in range(0, len(pairs), BATCH):
         batch = collate_preference_pairs(pairs[start : start + BATCH], pad_token_id=pad)
         data = module.forward_pairs(batch)
-        positive += int((pair_margins(data, module.reference_free) > 0).sum())
+        positive += int((module.preference_loss.margins(data) > 0).sum())
     return positive / len(pairs)
 
 

@@ -188,7 +188,7 @@ def preference_job(settings: Settings, seed: int, regime: Regime, method: Method
     optimizer, scheduler = _optimizers(settings.lr, settings.warmup_steps)
     module = PreferenceModule(
         model_name_or_path=str(seed_dir / "sft"),
-        loss_type=method.loss_type,
+        loss=method.loss_type,
         beta=beta,
         optimizer=optimizer,
         scheduler=scheduler,

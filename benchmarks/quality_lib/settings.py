@@ -40,7 +40,7 @@ class Method:
     Attributes:
         key: short identifier (file names, JSON).
         name: the name in tables and plots.
-        loss_type: ``PreferenceModule(loss_type=...)``.
+        loss_type: ``PreferenceModule(loss=...)``, a short loss name.
         controller: ``constant``, ``beta_dpo`` or ``epsilon`` (the β callback's controller).
         knob: the name of the swept setting (``beta`` or ``epsilon``).
         values: the sweep, one training run per value.

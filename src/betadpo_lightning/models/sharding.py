@@ -87,7 +87,7 @@ def sharded_frozen_copy(model: nn.Module, mesh: Any) -> nn.Module:
 
 def local_shard(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a sharded (DTensor) tensor, or the tensor itself."""
-    return tensor.tolocal_shard() if hasattr(tensor, "to_local") else tensor
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def data_parallel_mesh(strategy: Any, device_mesh: Any) -> Any:
