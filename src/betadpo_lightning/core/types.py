@@ -228,8 +228,9 @@ class PairRequest:
         epsilon: ε of the ``perturbed_logps`` extra (ε-DPO); ``None`` when that extra is not requested.
 
     Example:
-        >>> PairRequest(frozenset({"lengths"})) | PairRequest(frozenset({"perturbed_logps"}), epsilon=0.01)
-        PairRequest(extras=frozenset({'lengths', 'perturbed_logps'}), epsilon=0.01)
+        >>> both = PairRequest(frozenset({"lengths"})) | PairRequest(frozenset({"perturbed_logps"}), epsilon=0.01)
+        >>> sorted(both.extras), both.epsilon
+        (['lengths', 'perturbed_logps'], 0.01)
     """
 
     extras: frozenset[str] = frozenset()
