@@ -22,17 +22,28 @@ def test_module_imports(name):
     importlib.import_module(name)
 
 
-def test_lower_layers_do_not_import_lightning():
-    """Pure math and small-state layers (DESIGN §1): importing them pulls in neither Lightning nor torch.distributed
-    collectives of our own."""
+@pytest.mark.parametrize(
+    "modules, frameworks",
+    [
+        # the pair-data types, losses, controllers and log-probs, also through their public re-exports
+        (
+            "betadpo_lightning.core.types, betadpo_lightning.core.losses, betadpo_lightning.core.logps, "
+            "betadpo_lightning.core.controllers, betadpo_lightning.losses, betadpo_lightning.controllers, "
+            "betadpo_lightning.logps",
+            ("lightning", "pytorch_lightning", "transformers", "datasets"),
+        ),
+        # metrics need torchmetrics (which may load transformers itself) but never Lightning
+        ("betadpo_lightning.training.metrics", ("lightning", "pytorch_lightning")),
+    ],
+)
+def test_lower_layers_do_not_import_the_frameworks(modules, frameworks):
+    """Pure maths and small-state layers (DESIGN §1) load none of the heavy frameworks."""
     import subprocess
     import sys
 
     code = (
-        "import sys; import betadpo_lightning.core.types, betadpo_lightning.core.losses, "
-        "betadpo_lightning.core.logps, "
-        "betadpo_lightning.core.controllers, betadpo_lightning.training.metrics; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning')); "
+        f"import sys; import {modules}; "
+        f"bad = sorted({{m for m in sys.modules if m.split('.')[0] in {frameworks!r}}}); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
