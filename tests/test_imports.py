@@ -23,7 +23,7 @@ def test_module_imports(name):
 
 
 @pytest.mark.parametrize(
-    "modules, frameworks",
+    ("modules", "frameworks"),
     [
         # the pair-data types, losses, controllers and log-probs, also through their public re-exports
         (
