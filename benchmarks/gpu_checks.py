@@ -1,5 +1,6 @@
-"""Checks that need a CUDA GPU: the response-only head against full logits under bf16 autocast, and bitsandbytes
-(4-bit reference, QLoRA policy, 8-bit and paged AdamW) training on CUDA.
+"""Checks that need a CUDA GPU: the response-only head against full logits under bf16 autocast, packed and
+prefix-shared batches against padded ones (SDPA with a dense mask and FlexAttention, forward and backward), and
+bitsandbytes (4-bit reference, QLoRA policy, 8-bit and paged AdamW) training on CUDA.
 
     python benchmarks/gpu_checks.py            # prints one line per check and exits non-zero on a failure
 """
@@ -85,6 +86,57 @@ def check_head(device: str) -> str:
     return "\n".join(lines)
 
 
+def check_packed(device: str) -> str:
+    """Packed batches give the padded batches' per-pair log-probs and gradients under bf16 autocast, on SDPA (a dense
+    4D mask) and on FlexAttention (a block mask; its backward runs only on CUDA), for rotary and absolute positions."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from betadpo_lightning.data.collate import collate_preference_pairs
+    from betadpo_lightning.data.packing import pack_preference_pairs
+    from betadpo_lightning.models.scoring import score_rows
+
+    g = torch.Generator().manual_seed(0)
+    samples = [
+        {
+            "prompt_input_ids": torch.randint(3, 1000, (int(p),), generator=g).tolist(),
+            "chosen_input_ids": torch.randint(3, 1000, (int(c),), generator=g).tolist(),
+            "rejected_input_ids": torch.randint(3, 1000, (int(r),), generator=g).tolist(),
+            "index": i,
+        }
+        for i, (p, c, r) in enumerate([(120, 40, 60), (30, 200, 20), (300, 10, 90), (64, 64, 64)])
+    ]
+    padded = {k: v.to(device) for k, v in collate_preference_pairs(samples, pad_token_id=0).items()}
+    packed = {k: v.to(device) for k, v in pack_preference_pairs(samples, pad_token_id=0).items()}
+    lines = []
+    for model_type in ("llama", "gpt_neox"):
+        config = {"model_type": model_type, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 2}
+        config |= {"num_attention_heads": 4, "vocab_size": 32000, "max_position_embeddings": 1024}
+        for implementation in ("sdpa", "flex_attention"):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_config(
+                AutoConfig.for_model(**config), attn_implementation=implementation
+            ).to(device)
+            results = []
+            for batch in (padded, packed):
+                model.zero_grad()
+                with torch.autocast(device, dtype=torch.bfloat16):
+                    logps = score_rows(model, batch, head=True).logps  # (2B,)
+                logps.sum().backward()
+                grad = torch.cat([p.grad.flatten().float() for p in model.parameters()])
+                results.append((logps.detach().float(), grad))
+            (lp, gp), (lk, gk) = results
+            value = ((lk - lp).abs().max() / lp.abs().max()).item()
+            gradient = ((gk - gp).norm() / gp.norm()).item()
+            assert value < 2e-2, (model_type, implementation, value)
+            assert gradient < 5e-2, (model_type, implementation, gradient)
+            lines.append(
+                f"packed vs padded, {model_type}, {implementation}, bf16 autocast: max rel. logp diff {value:.2e}, "
+                f"gradient rel. diff {gradient:.2e}"
+            )
+    return "\n".join(lines)
+
+
 def check_bitsandbytes(device: str) -> str:
     """bitsandbytes quantised references, a QLoRA policy and 8-bit / paged optimizers train 5 finite steps."""
     import bench_step
@@ -159,7 +211,7 @@ def main() -> None:
         raise SystemExit("gpu_checks.py needs a CUDA GPU")
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
     failed = False
-    for check in (check_head, check_bitsandbytes):
+    for check in (check_head, check_packed, check_bitsandbytes):
         try:
             print(check("cuda"), flush=True)
         except Exception as error:  # report every check, then fail

@@ -52,6 +52,17 @@ def test_fsdp2_matches_ddp(tmp_path):
     assert ddp["reference_local_fraction"] == 1.0
 
 
+def test_packed_batches_train_like_padded_ones_under_ddp_and_fsdp2(tmp_path):
+    """The same pairs as prefix-shared packed segments instead of padded rows: equal losses, β and final weights to
+    float32 tolerance on two ranks, under DDP and under FSDP2."""
+    for kind in ("ddp", "fsdp2"):
+        padded, packed = _run(kind, tmp_path), _run(f"{kind}_packed", tmp_path)
+        assert packed["checked"] == 3
+        assert packed["losses"] == pytest.approx(padded["losses"], rel=1e-5, abs=1e-6)
+        assert packed["betas"] == pytest.approx(padded["betas"], rel=1e-5)
+        assert packed["weights"] == pytest.approx(padded["weights"], rel=1e-4, abs=1e-6)
+
+
 def _launch(tmp_path: Path, name: str, *args: str) -> dict:
     out = tmp_path / f"{name}.json"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}

@@ -75,12 +75,12 @@ def resumable_loader(dataset: Dataset, batch_size: int, seed: int = 0):
 class RandomPairsData(pl.LightningDataModule):
     """Random pairs behind the library's resumable loader, sharded by the Trainer's rank."""
 
-    def __init__(self, size: int = 16, batch_size: int = 4, seed: int = 0) -> None:
+    def __init__(self, size: int = 16, batch_size: int = 4, seed: int = 0, collate=collate_pairs) -> None:
         super().__init__()
-        self.dataset, self.batch_size, self.seed = RandomPairs(size), batch_size, seed
+        self.dataset, self.batch_size, self.seed, self.collate = RandomPairs(size), batch_size, seed, collate
 
     def train_dataloader(self):
         trainer = self.trainer
         return resumable_train_loader(
-            self.dataset, self.batch_size, collate_pairs, self.seed, trainer.world_size, trainer.global_rank
+            self.dataset, self.batch_size, self.collate, self.seed, trainer.world_size, trainer.global_rank
         )

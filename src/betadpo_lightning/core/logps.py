@@ -19,11 +19,16 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from betadpo_lightning.core.chunked import (
     accumulation_dtype,
     normalised_entropy,
-    perturbed_logps,
     row_chunks,
     sum_by_row,
     target_and_logsumexp,
     wpo_logps,
+)
+from betadpo_lightning.core.token_logps import (
+    per_position,
+    token_entropy,
+    token_perturbed_logps,
+    token_wpo_logps,
 )
 
 __all__ = [
@@ -33,6 +38,9 @@ __all__ = [
     "sequence_entropy",
     "sequence_logps",
     "sequence_wpo_logps",
+    "token_entropy",
+    "token_perturbed_logps",
+    "token_wpo_logps",
 ]
 
 
@@ -221,11 +229,7 @@ def _position_means(
         ``(N,)`` in the accumulation dtype (float32, float64 for float64 logits).
     """
     rows, cols, targets, mask = _response_positions(logits, labels, ignore_index)
-    acc = accumulation_dtype(logits.dtype)
-    selected = logits[rows, cols]  # (M, V)
-    values = torch.empty(selected.shape[0], dtype=acc, device=logits.device)
-    for start, end in row_chunks(selected.shape[0], logits.shape[-1]):
-        values[start:end] = per_chunk(selected[start:end].to(acc), targets[start:end])
+    values = per_position(logits[rows, cols], targets, per_chunk)  # from (M, V)
     return sum_by_row(values, rows, logits.shape[0]) / mask.sum(-1).clamp(min=1)
 
 
@@ -260,13 +264,7 @@ def perturbed_sequence_logps(
             f"{tuple(reference_logits.shape)}."
         )
     rows, cols, targets, _ = _response_positions(policy_logits, labels, ignore_index)
-    plus = torch.empty(rows.shape[0], dtype=torch.float32, device=policy_logits.device)
-    minus = torch.empty_like(plus)
     with torch.no_grad():
-        z_all, z_ref_all = policy_logits[rows, cols], reference_logits[rows, cols]  # (M, V)
-        for start, end in row_chunks(rows.shape[0], policy_logits.shape[-1]):
-            plus[start:end], minus[start:end] = perturbed_logps(
-                z_all[start:end], z_ref_all[start:end], targets[start:end], epsilon
-            )
+        plus, minus = token_perturbed_logps(policy_logits[rows, cols], reference_logits[rows, cols], targets, epsilon)
     num_rows = policy_logits.shape[0]
     return sum_by_row(plus, rows, num_rows), sum_by_row(minus, rows, num_rows)

@@ -91,8 +91,18 @@ def collate_preference_pairs(
         input_ids[row, :end] = torch.tensor(prompt + response, dtype=torch.long)
         attention_mask[row, :end] = 1
         labels[row, len(prompt) : end] = input_ids[row, len(prompt) : end]
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **pair_fields(samples)}
+
+
+def pair_fields(samples: Sequence[PairSample]) -> dict[str, Tensor]:
+    """The per-pair fields of a batch, whatever its layout: ``pair_index``, ``is_padding``, reference values.
+
+    Returns:
+        ``pair_index`` ``(B,)`` long; ``is_padding`` ``(B,)`` bool when a sample says ``padding``; ``reference_logps``
+        and ``reference_entropy`` ``(2B,)`` float32 (chosen values first) when every sample carries them.
+    """
     pair_index = torch.tensor([int(sample["index"]) for sample in samples], dtype=torch.long)  # type: ignore[arg-type]
-    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "pair_index": pair_index}
+    batch = {"pair_index": pair_index}
     if any("padding" in sample for sample in samples):  # evaluation: repeated samples that even out the ranks
         batch["is_padding"] = torch.tensor([bool(sample.get("padding", False)) for sample in samples])
     for name, columns in REFERENCE_BATCH_KEYS.items():

@@ -6,12 +6,12 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
 from betadpo_lightning.core.types import PairData
 from betadpo_lightning.models.reference import ReferenceProvider
-from betadpo_lightning.models.scoring import head_unsupported_reason, perturbed_rows, score_rows
+from betadpo_lightning.models.scoring import perturbed_rows, response_targets, score_rows
+from betadpo_lightning.models.support import ModelSupport
 
 __all__ = ["PairForward", "ScoringModels"]
 
@@ -28,28 +28,25 @@ class ScoringModels:
 class PairForward:
     """Scores the ``2B`` rows with the policy (with gradients) and the reference (without) and pairs them up.
 
-    Chooses, per model, the response-only head or the full logits (:mod:`~betadpo_lightning.models.scoring`) and logs
-    the reason of a fallback once.
+    The batch is padded or packed (:mod:`betadpo_lightning.data.packing`). Chooses, per model, the response-only head
+    or the full logits (:mod:`~betadpo_lightning.models.scoring`), and runs a packed batch packed when every model of
+    the step takes it (:mod:`~betadpo_lightning.models.packed_attention`), else as the padded batch of the same pairs;
+    the reason of a fallback is logged once.
 
     Args:
         head: ``"auto"`` (the head where supported) or ``"full"`` (always full logits).
+        packing: ``"auto"`` (packed batches run packed where supported) or ``"off"`` (always unpacked).
     """
 
-    def __init__(self, head: str = "auto") -> None:
+    def __init__(self, head: str = "auto", packing: str = "auto") -> None:
+        if packing not in ("auto", "off"):
+            raise ValueError(f"Expected `packing` in ('auto', 'off'), got {packing!r}.")
         self.head = head
-        self._support: dict[int, bool] = {}
+        self.support = ModelSupport("PreferenceModule", head=head != "full", packing=packing == "auto")
 
     def use_head(self, *models: nn.Module) -> bool:
         """Whether the response-only head serves all of ``models``."""
-        if self.head == "full":
-            return False
-        for model in models:
-            if id(model) not in self._support:
-                reason = head_unsupported_reason(model)
-                self._support[id(model)] = reason is None
-                if reason is not None:
-                    rank_zero_info(f"PreferenceModule: full logits for {type(model).__name__}: {reason}.")
-        return all(self._support[id(model)] for model in models)
+        return self.support.head(*models)
 
     def __call__(
         self,
@@ -63,8 +60,8 @@ class PairForward:
 
         Args:
             models: the models.
-            batch: ``input_ids``, ``attention_mask``, ``labels`` ``(2B, T)``; ``pair_index`` ``(B,)``; precomputed
-                reference fields when the provider reads them.
+            batch: a padded batch (``input_ids``, ``attention_mask``, ``labels`` ``(2B, T)``) or a packed one;
+                ``pair_index`` ``(B,)``; precomputed reference fields ``(2B,)`` when the provider reads them.
             average: length-averaged log-probabilities instead of sums.
             extras: extra groups beyond ``lengths``: ``reference_entropy``, ``perturbed_logps``, ``wpo`` (the
                 policy's, computed without gradients).
@@ -73,14 +70,15 @@ class PairForward:
         Raises:
             ValueError: for perturbed log-probs without ε or without a reference model.
         """
-        labels = batch["labels"]
-        lengths = (labels[:, 1:] != -100).sum(-1).float()  # (2B,)
-        entropy, perturb, wpo = "reference_entropy" in extras, "perturbed_logps" in extras, "wpo" in extras
         provider, policy_model = models.provider, models.policy
+        reference_model = models.reference or policy_model  # the model the provider runs (adapters off: the policy)
+        batch = self.support.layout(batch, policy_model, *([reference_model] if provider.has_model else []))
+        lengths = response_targets(batch).counts().float()  # (2B,)
+        entropy, perturb, wpo = "reference_entropy" in extras, "perturbed_logps" in extras, "wpo" in extras
         if perturb and (epsilon is None or not provider.has_model):
             raise ValueError("Perturbed log-probs need an `epsilon` and a reference model (reference logits).")
         # Perturbed log-probs combine both models' logits chunk by chunk: both on the same path.
-        head = self.use_head(policy_model, *([models.reference or policy_model] if perturb else []))
+        head = self.use_head(policy_model, *([reference_model] if perturb else []))
         policy = score_rows(policy_model, batch, head, average, keep=perturb, wpo=wpo)
         context = provider.model(policy_model, models.reference) if provider.has_model else nullcontext()
         with torch.no_grad(), context as model:
@@ -91,7 +89,7 @@ class PairForward:
             else:
                 reference, ref_entropy = provider.rows(batch, entropy)
                 reference = reference / lengths.clamp(min=1) if average else reference  # precomputed: sums
-            perturbed = perturbed_rows(policy, ref, labels, epsilon) if perturb else None  # type: ignore[arg-type]
+            perturbed = perturbed_rows(policy, ref, batch, epsilon) if perturb else None  # type: ignore[arg-type]
         if perturbed is not None and average:
             perturbed = (perturbed[0] / lengths.clamp(min=1), perturbed[1] / lengths.clamp(min=1))
         return PairData.from_rows(

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from betadpo_lightning.core.types import REFERENCE_BATCH_KEYS
+from betadpo_lightning.data.packing import padded_rows
 from betadpo_lightning.models.building import eval_mode, freeze
 from betadpo_lightning.models.hub import hub_errors
 from betadpo_lightning.models.quantization import QUANTIZATIONS, Quantization
@@ -242,7 +243,7 @@ class PrecomputedReference(ReferenceProvider):
             KeyError: naming the missing field.
             ValueError: for a wrong shape.
         """
-        rows = batch["input_ids"].shape[0]
+        rows = padded_rows(batch)  # 2B, whether the batch is padded or packed
         values = []
         for key, wanted in zip(REFERENCE_BATCH_KEYS, (True, entropy), strict=True):
             if not wanted:
@@ -269,4 +270,4 @@ class NoReference(ReferenceProvider):
         """Zeros, ``(2B,)``."""
         if entropy:
             raise ValueError("NoReference has no reference entropy; choose a provider with a reference model.")
-        return torch.zeros(batch["input_ids"].shape[0], device=batch["input_ids"].device), None
+        return torch.zeros(padded_rows(batch), device=batch["input_ids"].device), None
