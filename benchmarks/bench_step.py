@@ -1,13 +1,18 @@
-"""One DPO training step, side by side: this library (live reference, precomputed reference, LoRA), the naive
-PyTorch floor, and TRL's ``DPOTrainer``, on the same Llama-style model and the same ``(2B, T)`` pairs.
+"""One DPO training step, side by side: this library (packed and prefix-shared, padded, precomputed reference, LoRA),
+the naive PyTorch floor, and TRL's ``DPOTrainer``, on the same Llama-style model and the same pairs.
 
 Each variant runs in its own process (so each has its own peak memory), the variants are interleaved over several
 rounds, and each process times its steps after a warm-up. The table reports the median over rounds of each process's
-median step time, pairs per second, peak memory (peak RSS on CPU, peak CUDA allocation on GPU) and the ratios
-against TRL and against the naive floor.
+median step time, pairs per second, the tokens each pair sends through the policy's trunk, peak memory (peak RSS on
+CPU, peak CUDA allocation on GPU) and the ratios against TRL and against the naive floor.
+
+Pair lengths are fixed (``--prompt``/``--response``) or drawn from the token-length tables of real pairs in
+``benchmarks/data/`` (``--lengths hh``: Anthropic HH-RLHF with the Pythia tokenizer, max_length 512;
+``--lengths ultrafeedback``: UltraFeedback with the Qwen2 tokenizer, max_length 1,024), truncated by the library's rule.
 
     python benchmarks/bench_step.py                      # the default size, CPU, 2 threads
     python benchmarks/bench_step.py --vocab 128256       # the memory effect of a large vocabulary
+    python benchmarks/bench_step.py --lengths hh --variants ours_packed,ours,trl   # users' length distributions
     python benchmarks/bench_step.py --preset pythia410m --device cuda --dtype bf16   # on a GPU
 
 TRL comes with the ``bench`` extra (``pip install -e '.[bench]'``); without it the TRL variant is skipped.
@@ -26,12 +31,15 @@ import time
 from pathlib import Path
 
 VARIANTS = {
-    "ours": "ours, live reference",
+    "ours_packed": "ours packed + prefix-shared, live reference",
+    "ours": "ours padded, live reference",
     "ours_precomputed": "ours, precomputed reference",
     "ours_lora": "ours, LoRA (adapters-off reference)",
     "floor": "naive PyTorch floor",
     "trl": "TRL DPOTrainer",
 }
+LENGTH_TABLES = {"hh": "pair_lengths_hh_pythia.csv", "ultrafeedback": "pair_lengths_ultrafeedback_qwen2.csv"}
+DEFAULT_MAX_LENGTH = {"hh": 512, "ultrafeedback": 1024}
 PRESETS = {
     "default": {"hidden": 256, "intermediate": 1024, "layers": 4, "heads": 4, "vocab": 32000},
     "pythia410m": {"hidden": 1024, "intermediate": 4096, "layers": 24, "heads": 16, "vocab": 50304},
@@ -49,6 +57,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=8, help="pairs per step (B)")
     parser.add_argument("--prompt", type=int, default=128, help="prompt tokens per pair")
     parser.add_argument("--response", type=int, default=128, help="response tokens per row")
+    parser.add_argument(
+        "--lengths", choices=["fixed", *LENGTH_TABLES], default="fixed", help="fixed lengths or a real length table"
+    )
+    parser.add_argument("--max-length", type=int, help="prompt + response limit (default: 512 hh, 1024 ultrafeedback)")
+    parser.add_argument("--max-prompt-length", type=int, help="prompt limit (default: none)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: bf16-mixed autocast")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
@@ -64,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in PRESETS[args.preset].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.max_length is None:
+        args.max_length = DEFAULT_MAX_LENGTH.get(args.lengths, args.prompt + args.response)
     return args
 
 
@@ -82,7 +97,7 @@ def build_model_dir(args: argparse.Namespace, path: Path) -> None:
         num_attention_heads=args.heads,
         num_key_value_heads=args.heads,
         vocab_size=args.vocab,
-        max_position_embeddings=args.prompt + args.response + 8,
+        max_position_embeddings=args.max_length + 8,
         tie_word_embeddings=False,
         pad_token_id=0,
         eos_token_id=1,
@@ -96,6 +111,30 @@ def build_model_dir(args: argparse.Namespace, path: Path) -> None:
     tokenizer.save_pretrained(path)
 
 
+def pair_lengths(args: argparse.Namespace, count: int) -> list[tuple[int, int, int]]:
+    """``count`` (prompt, chosen, rejected) lengths: fixed, or drawn in a seeded order from a length table.
+
+    Responses get one EOS token, as the data module appends; pairs are truncated with the library's rule.
+    """
+    import csv
+    import random
+
+    from betadpo_lightning.data.truncation import TruncationLimits, truncate_pair
+
+    if args.lengths == "fixed":
+        return [(args.prompt, args.response, args.response)] * count
+    with open(Path(__file__).parent / "data" / LENGTH_TABLES[args.lengths], newline="") as handle:
+        table = [tuple(int(value) for value in row.values()) for row in csv.DictReader(handle)]
+    limits = TruncationLimits(args.max_length, args.max_prompt_length)
+    rng, lengths = random.Random(1), []
+    while len(lengths) < count:
+        for p, c, r in rng.sample(table, len(table)):
+            pair = truncate_pair([0] * p, [0] * (c + 1), [0] * (r + 1), limits)
+            if pair is not None:
+                lengths.append((len(pair.prompt), len(pair.chosen), len(pair.rejected)))
+    return lengths[:count]
+
+
 def make_pairs(args: argparse.Namespace, count: int) -> list[dict]:
     """Token ids of ``count`` pairs: prompt, chosen and rejected responses (each ending with EOS = 1)."""
     import torch
@@ -107,13 +146,18 @@ def make_pairs(args: argparse.Namespace, count: int) -> list[dict]:
 
     return [
         {
-            "prompt_input_ids": ids(args.prompt),
-            "chosen_input_ids": [*ids(args.response - 1), 1],
-            "rejected_input_ids": [*ids(args.response - 1), 1],
+            "prompt_input_ids": ids(p),
+            "chosen_input_ids": [*ids(c - 1), 1],
+            "rejected_input_ids": [*ids(r - 1), 1],
             "index": i,
         }
-        for i in range(count)
+        for i, (p, c, r) in enumerate(pair_lengths(args, count))
     ]
+
+
+def count_trunk_tokens(model, counts: list[int]) -> None:
+    """Append the number of token positions of every forward of ``model``'s trunk to ``counts``."""
+    model.get_input_embeddings().register_forward_pre_hook(lambda module, inputs: counts.append(inputs[0].numel()))
 
 
 def peak_memory(device: str) -> float:
@@ -135,12 +179,13 @@ def synchronize(device: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ variants
-def run_ours(args: argparse.Namespace, model_dir: Path, variant: str) -> list[float]:
+def run_ours(args: argparse.Namespace, model_dir: Path, variant: str) -> tuple[list[float], list[int]]:
     import lightning.pytorch as pl
     import torch
     from torch.utils.data import DataLoader
 
     from betadpo_lightning.data.collate import collate_preference_pairs
+    from betadpo_lightning.data.packing import pack_preference_pairs
     from betadpo_lightning.models.reference import AdapterReference, PrecomputedReference
     from betadpo_lightning.training.module import PreferenceModule
 
@@ -158,6 +203,8 @@ def run_ours(args: argparse.Namespace, model_dir: Path, variant: str) -> list[fl
         lr = 1e-4
 
     def collate(batch: list[dict]) -> dict:
+        if variant == "ours_packed":
+            return pack_preference_pairs(batch, pad_token_id=0, max_row_tokens=args.max_length)  # the data default
         return collate_preference_pairs(batch, pad_token_id=0)
 
     loader = DataLoader(samples, batch_size=args.pairs, collate_fn=collate)
@@ -165,15 +212,22 @@ def run_ours(args: argparse.Namespace, model_dir: Path, variant: str) -> list[fl
         model_name_or_path=str(model_dir), optimizer=lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=0.0), **kwargs
     )
     times: list[float] = []
+    forwards: list[int] = []  # every trunk forward of the policy model (twice a step with LoRA: adapters off too)
+    tokens: list[int] = []  # the policy's forward of each step
 
     class Timer(pl.Callback):
+        def on_train_start(self, trainer, pl_module) -> None:
+            count_trunk_tokens(pl_module.policy, forwards)
+
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             synchronize(args.device)
+            self.first = len(forwards)
             self.start = time.perf_counter()
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             synchronize(args.device)
             times.append(time.perf_counter() - self.start)
+            tokens.append(forwards[self.first])
 
     trainer = pl.Trainer(
         accelerator="gpu" if args.device == "cuda" else "cpu",
@@ -189,7 +243,7 @@ def run_ours(args: argparse.Namespace, model_dir: Path, variant: str) -> list[fl
         num_sanity_val_steps=0,
     )
     trainer.fit(module, loader)
-    return times[args.warmup :]
+    return times[args.warmup :], tokens[-args.steps :]
 
 
 def run_precompute(args: argparse.Namespace, model_dir: Path) -> None:
@@ -214,7 +268,7 @@ def run_precompute(args: argparse.Namespace, model_dir: Path) -> None:
     torch.save(torch.cat(values), Path(args.workdir) / "reference.pt")
 
 
-def run_floor(args: argparse.Namespace, model_dir: Path) -> list[float]:
+def run_floor(args: argparse.Namespace, model_dir: Path) -> tuple[list[float], list[int]]:
     """Plain PyTorch: policy forward + backward and reference forward with full logits, sigmoid DPO, AdamW."""
     import copy
 
@@ -237,7 +291,8 @@ def run_floor(args: argparse.Namespace, model_dir: Path) -> list[float]:
         per_token = torch.gather(logits.float().log_softmax(-1), 2, labels.clamp(min=0)[..., None]).squeeze(-1)
         return (per_token * mask).sum(-1)
 
-    times = []
+    times, tokens = [], []
+    count_trunk_tokens(policy, tokens)
     for start in range(0, len(samples), args.pairs):
         batch = collate_preference_pairs(samples[start : start + args.pairs], pad_token_id=0)
         batch = {k: v.to(device) for k, v in batch.items()}
@@ -255,10 +310,10 @@ def run_floor(args: argparse.Namespace, model_dir: Path) -> list[float]:
         optimizer.zero_grad(set_to_none=True)
         synchronize(args.device)
         times.append(time.perf_counter() - began)
-    return times[args.warmup :]
+    return times[args.warmup :], tokens[-args.steps :]
 
 
-def run_trl(args: argparse.Namespace, model_dir: Path) -> list[float]:
+def run_trl(args: argparse.Namespace, model_dir: Path) -> tuple[list[float], list[int]]:
     import copy
 
     from datasets import Dataset
@@ -278,6 +333,8 @@ def run_trl(args: argparse.Namespace, model_dir: Path) -> list[float]:
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     reference = copy.deepcopy(model)  # TRL needs an explicit reference for a model it did not load itself
     times: list[float] = []
+    tokens: list[int] = []
+    count_trunk_tokens(model, tokens)
 
     class Timer(TrainerCallback):
         def on_step_begin(self, *unused, **kwargs) -> None:
@@ -315,7 +372,7 @@ def run_trl(args: argparse.Namespace, model_dir: Path) -> list[float]:
         callbacks=[Timer()],
     )
     trainer.train()
-    return times[args.warmup :]
+    return times[args.warmup :], tokens[-args.steps :]
 
 
 def child(args: argparse.Namespace) -> None:
@@ -327,8 +384,9 @@ def child(args: argparse.Namespace) -> None:
         run_precompute(args, model_dir)
         return
     runner = {"floor": run_floor, "trl": run_trl}.get(args.child)
-    times = runner(args, model_dir) if runner else run_ours(args, model_dir, args.child)
-    print("RESULT " + json.dumps({"times": times, "peak_gb": peak_memory(args.device)}), flush=True)
+    times, tokens = runner(args, model_dir) if runner else run_ours(args, model_dir, args.child)
+    result = {"times": times, "trunk_tokens": tokens, "peak_gb": peak_memory(args.device)}
+    print("RESULT " + json.dumps(result), flush=True)
 
 
 # ---------------------------------------------------------------------------------------------------- parent
@@ -347,7 +405,7 @@ def launch(args: argparse.Namespace, variant: str, argv: list[str]) -> dict | No
 # Model FLOPs per token, in units of N (the parameters that multiply: all but the input embedding):
 # training a model costs 6N per token (forward 2N, backward 4N), a forward pass alone 2N; LoRA trains no base
 # weight, so its backward costs 2N (activation gradients only).
-FLOPS_PER_TOKEN = {"ours": 8, "floor": 8, "trl": 8, "ours_precomputed": 6, "ours_lora": 6}
+FLOPS_PER_TOKEN = {"ours_packed": 8, "ours": 8, "floor": 8, "trl": 8, "ours_precomputed": 6, "ours_lora": 6}
 
 
 def matmul_parameters(args: argparse.Namespace) -> int:
@@ -356,30 +414,56 @@ def matmul_parameters(args: argparse.Namespace) -> int:
     return layers * (4 * h * h + 3 * h * i) + v * h
 
 
+def information_tokens(args: argparse.Namespace) -> float:
+    """Prompt + chosen + rejected tokens of a timed step (the tokens that carry information), averaged over steps."""
+    lengths = pair_lengths(args, args.pairs * (args.warmup + args.steps))[args.pairs * args.warmup :]
+    return sum(p + c + r for p, c, r in lengths) / args.steps
+
+
 def table(args: argparse.Namespace, runs: dict[str, list[dict]]) -> str:
+    """The results table and the ratio lines of packed against padded and against TRL."""
     medians = {v: statistics.median(statistics.median(r["times"]) for r in rs) for v, rs in runs.items() if rs}
     peaks = {v: max(r["peak_gb"] for r in rs) for v, rs in runs.items() if rs}
+    trunk = {
+        v: statistics.median(statistics.mean(r["trunk_tokens"]) for r in rs) / args.pairs
+        for v, rs in runs.items()
+        if rs
+    }
     gpu = args.device == "cuda"
     memory = "peak CUDA allocation" if gpu else "peak RSS"
-    tokens = args.pairs * 2 * (args.prompt + args.response)  # (2B, T) positions per step
-    header = f"| variant | s/step | pairs/s | {memory} (GB) | throughput vs TRL | memory vs TRL | step time vs floor |"
+    tokens = information_tokens(args)  # MFU counts each information-carrying token once, for every variant
+    header = (
+        f"| variant | s/step | pairs/s | trunk tokens/pair | {memory} (GB) | throughput vs TRL | memory vs TRL "
+        "| step time vs floor |"
+    )
     lines = [
         header + (" tokens/s | MFU |" if gpu else ""),
-        "|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else ""),
     ]
+    trl, floor = medians.get("trl"), medians.get("floor")
     for variant, seconds in medians.items():
-        trl, floor = medians.get("trl"), medians.get("floor")
         speed = f"{trl / seconds:.2f}×" if trl else "–"
         mem = f"{peaks[variant] / peaks['trl']:.2f}×" if "trl" in peaks else "–"
         vs_floor = f"{seconds / floor:.2f}×" if floor else "–"
         line = (
-            f"| {VARIANTS[variant]} | {seconds:.3f} | {args.pairs / seconds:.2f} | {peaks[variant]:.2f} | {speed} | "
-            f"{mem} | {vs_floor} |"
+            f"| {VARIANTS[variant]} | {seconds:.3f} | {args.pairs / seconds:.2f} | {trunk[variant]:.0f} | "
+            f"{peaks[variant]:.2f} | {speed} | {mem} | {vs_floor} |"
         )
         if gpu:
             flops = FLOPS_PER_TOKEN[variant] * matmul_parameters(args) * tokens / seconds
             line += f" {tokens / seconds:,.0f} | {100 * flops / (args.peak_tflops * 1e12):.1f}% |"
         lines.append(line)
+    lines.append("")
+    lines.append(f"information tokens (prompt + chosen + rejected) per pair: {tokens / args.pairs:.0f}")
+    if "ours_packed" in medians:
+        packed = medians["ours_packed"]
+        for other, name in (("ours", "ours padded"), ("trl", "TRL")):
+            if other in medians:
+                lines.append(f"ours packed / {name} throughput: {medians[other] / packed:.2f}×")
+        if "ours" in medians:
+            ratio = trunk["ours_packed"] / trunk["ours"]
+            lines.append(f"ours packed / ours padded trunk tokens per pair: {ratio:.2f}×")
+            lines.append(f"ours packed / ours padded peak memory: {peaks['ours_packed'] / peaks['ours']:.2f}×")
     return "\n".join(lines)
 
 
@@ -431,8 +515,13 @@ def main(argv: list[str] | None = None) -> None:
                     )
     size = (
         f"Llama hidden {args.hidden}, intermediate {args.intermediate}, {args.layers} layers, {args.heads} heads, "
-        f"vocabulary {args.vocab}; {args.pairs} pairs of {args.prompt} prompt + {args.response} response tokens; "
-        f"{args.dtype} on {args.device}"
+        f"vocabulary {args.vocab}; {args.pairs} pairs a step, "
+        + (
+            f"{args.prompt} prompt + {args.response} response tokens; "
+            if args.lengths == "fixed"
+            else f"lengths from the {args.lengths} table, max_length {args.max_length}; "
+        )
+        + f"{args.dtype} on {args.device}"
         + (f", {args.threads} threads" if args.device == "cpu" else "")
         + f"; median of {args.rounds} interleaved rounds of {args.steps} steps after {args.warmup} warm-up steps"
     )

@@ -12,7 +12,8 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from betadpo_lightning.core import chunked
 from betadpo_lightning.data.collate import collate_preference_pairs
-from betadpo_lightning.data.packing import pack_preference_pairs, unpack_to_padded
+from betadpo_lightning.data.packed_views import unpack_to_padded
+from betadpo_lightning.data.packing import pack_preference_pairs
 from betadpo_lightning.losses import dpo_loss
 from betadpo_lightning.models.building import apply_lora, disable_dropout
 from betadpo_lightning.models.pair_forward import PairForward, ScoringModels

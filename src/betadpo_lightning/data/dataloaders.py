@@ -9,7 +9,7 @@ without loading or collating them — and then sees the same batches as an unint
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -19,6 +19,7 @@ __all__ = [
     "MarkPadding",
     "ResumableDataLoader",
     "ResumableSampler",
+    "SampleLists",
     "eval_loader",
     "resumable_train_loader",
 ]
@@ -27,7 +28,9 @@ __all__ = [
 class ResumableSampler(DistributedSampler):
     """Seeded shuffling per ``(seed, epoch)``, this rank's share, and an optional number of leading samples to skip.
 
-    ``len()`` is always the full share of an epoch; ``skip`` only shortens the first iteration after a restore.
+    ``len()`` is always the full share of an epoch; ``skip`` only shortens the first iteration after a restore. A
+    subclass may yield lists of indices instead (one per batch, for a loader with ``batch_size=None``, such as
+    :class:`~betadpo_lightning.data.token_batches.TokenBudgetSampler`); ``skip`` then counts batches.
 
     Args:
         dataset: the map-style dataset.
@@ -50,10 +53,14 @@ class ResumableSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
         self.skip = 0
 
-    def __iter__(self) -> Iterator[int]:
-        indices = list(super().__iter__())
+    def __iter__(self) -> Iterator[Any]:
+        items = self._epoch_items()
         skip, self.skip = self.skip, 0  # only the first iteration after a restore skips
-        return iter(indices[skip:])
+        return iter(items[skip:])
+
+    def _epoch_items(self) -> list[Any]:
+        """Everything this rank yields in the current epoch (subclasses may yield whole batches of indices)."""
+        return list(super().__iter__())
 
 
 class ResumableDataLoader(DataLoader):
@@ -61,13 +68,15 @@ class ResumableDataLoader(DataLoader):
 
     The state is ``{"epoch": ..., "batches": ...}``: the sampler's epoch and how many batches of it were handed out
     (Lightning does not prefetch from loaders with a length, so that is the number of batches trained on). The
-    sampler must be a :class:`ResumableSampler` and batches are formed by ``batch_size`` (no custom batch sampler).
+    sampler must be a :class:`ResumableSampler`; batches are formed by ``batch_size``, or, with ``batch_size=None``,
+    the sampler yields whole batches of indices (no custom batch sampler: Lightning keeps the loader only when its
+    ``sampler`` is a :class:`~torch.utils.data.DistributedSampler`).
     """
 
     def __init__(
         self,
         dataset: Dataset,
-        batch_size: int = 1,
+        batch_size: int | None = 1,
         sampler: ResumableSampler | None = None,
         num_workers: int = 0,
         collate_fn: Callable[[list[Any]], Any] | None = None,
@@ -115,7 +124,7 @@ class ResumableDataLoader(DataLoader):
         if batches >= len(self):  # the saved epoch was complete: start the next one from its beginning
             epoch, batches = epoch + 1, 0
         sampler.set_epoch(epoch)
-        sampler.skip = batches * (self.batch_size or 1)
+        sampler.skip = batches * (self.batch_size or 1)  # batch_size=None: the sampler yields batches
         self._epoch, self._batches = epoch, batches
 
 
@@ -188,6 +197,23 @@ class MarkPadding(Dataset):
         sample = dict(self.dataset[-1 - index if padding else index])
         sample["padding"] = padding
         return sample
+
+
+class SampleLists(Dataset):
+    """A map-style dataset indexed by lists of indices, for loaders whose sampler yields whole batches.
+
+    Args:
+        dataset: the per-sample dataset.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, indices: Sequence[int]) -> list[Any]:  # type: ignore[override]
+        return [self.dataset[i] for i in indices]
 
 
 def eval_loader(

@@ -36,13 +36,11 @@ from betadpo_lightning.data.collate import _ids as token_ids
 __all__ = [
     "PACKED_KEYS",
     "check_packed_batch",
-    "chosen_segments",
     "is_packed",
     "pack_preference_pairs",
     "pack_sequences",
     "packed_tokens",
     "padded_rows",
-    "unpack_to_padded",
 ]
 
 PACKED_KEYS = (
@@ -179,27 +177,17 @@ def _pack(
         if value is not None and value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value}")
     pairs = len(samples)
+    segments = [
+        (token_ids(sample, "prompt_input_ids", slot), [token_ids(sample, key, slot) for key in answers])
+        for slot, sample in enumerate(samples)
+    ]
+    sizes = [len(prompt) + sum(len(response) for response in responses) for prompt, responses in segments]
     rows: list[dict[str, list[int]]] = []
     targets: dict[str, list[int]] = {"row": [], "col": [], "ids": [], "slot": []}
-    for slot, sample in enumerate(samples):
-        prompt = token_ids(sample, "prompt_input_ids", slot)
-        responses = [token_ids(sample, key, slot) for key in answers]
-        size = len(prompt) + sum(len(response) for response in responses)
-        if not rows or (max_row_tokens is not None and len(rows[-1]["ids"]) + size > max_row_tokens):
-            rows.append({"ids": [], "pos": [], "seg": [], "branch": []})
-        row = rows[-1]
-        start, p = len(row["ids"]), len(prompt)
-        _extend(row, prompt, range(p), slot, 0)
-        for branch, response in enumerate(responses, start=1):
-            first = len(row["ids"])  # the response's first position in the row
-            for i, token in enumerate(response):
-                if p + i == 0:  # the first token after an empty prompt: predicted by nothing
-                    continue
-                targets["row"].append(len(rows) - 1)
-                targets["col"].append(start + p - 1 if i == 0 else first + i - 1)
-                targets["ids"].append(token)
-                targets["slot"].append(slot + (branch - 1) * pairs)
-            _extend(row, response, range(p, p + len(response)), slot, branch)
+    for members in _row_members(sizes, max_row_tokens):
+        rows.append({"ids": [], "pos": [], "seg": [], "branch": []})
+        for slot in members:
+            _place(rows, targets, slot, pairs, *segments[slot])
     length = max(len(row["ids"]) for row in rows)
     if pad_to_multiple_of is not None:
         length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
@@ -221,81 +209,56 @@ def _pack(
     }
 
 
+def _row_members(sizes: list[int], max_row_tokens: int | None) -> list[list[int]]:
+    """The pair slots of each row: first-fit decreasing into rows of ``max(max_row_tokens, longest segment)`` tokens.
+
+    The batch is as wide as its longest segment anyway, so rows are filled up to that width; each row keeps its
+    segments in slot order and rows are ordered by their first slot (deterministic). ``None``: one row.
+
+    Example:
+        >>> _row_members([5, 2, 4, 3], max_row_tokens=6)
+        [[0], [1, 2], [3]]
+    """
+    if max_row_tokens is None:
+        return [list(range(len(sizes)))]
+    capacity = max(max_row_tokens, *sizes)
+    bins: list[tuple[int, list[int]]] = []  # (free tokens, slots)
+    for slot in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        for index, (free, members) in enumerate(bins):
+            if sizes[slot] <= free:
+                bins[index] = (free - sizes[slot], [*members, slot])
+                break
+        else:
+            bins.append((capacity - sizes[slot], [slot]))
+    return sorted(sorted(members) for _, members in bins)
+
+
+def _place(
+    rows: list[dict[str, list[int]]],
+    targets: dict[str, list[int]],
+    slot: int,
+    pairs: int,
+    prompt: list[int],
+    responses: list[list[int]],
+) -> None:
+    """Append one segment to the last row, with the targets of its answer tokens."""
+    row = rows[-1]
+    start, p = len(row["ids"]), len(prompt)
+    _extend(row, prompt, range(p), slot, 0)
+    for branch, response in enumerate(responses, start=1):
+        first = len(row["ids"])  # the response's first position in the row
+        for i, token in enumerate(response):
+            if p + i == 0:  # the first token after an empty prompt: predicted by nothing
+                continue
+            targets["row"].append(len(rows) - 1)
+            targets["col"].append(start + p - 1 if i == 0 else first + i - 1)
+            targets["ids"].append(token)
+            targets["slot"].append(slot + (branch - 1) * pairs)
+        _extend(row, response, range(p, p + len(response)), slot, branch)
+
+
 def _extend(row: dict[str, list[int]], ids: list[int], positions: range, slot: int, branch: int) -> None:
     row["ids"] += ids
     row["pos"] += positions
     row["seg"] += [slot] * len(ids)
     row["branch"] += [branch] * len(ids)
-
-
-def unpack_to_padded(batch: Mapping[str, Tensor], pad_token_id: int, ignore_index: int = -100) -> dict[str, Tensor]:
-    """The padded ``(2B, T)`` batch of the pairs of a packed batch (the fallback for models that cannot pack).
-
-    Each token goes to column ``position_ids`` of its padded row (the prompt to both rows of its pair), so the
-    result is what :func:`~betadpo_lightning.data.collate.collate_preference_pairs` makes of the same pairs, with
-    ``T`` the longest row. Runs on the batch's device without a Python loop.
-
-    Args:
-        batch: a packed batch of :func:`pack_preference_pairs`.
-        pad_token_id: id written into padding positions.
-        ignore_index: label of prompt and padding positions.
-
-    Returns:
-        ``input_ids``, ``attention_mask``, ``labels`` ``(2B, T)`` and the per-pair fields of ``batch``.
-
-    Raises:
-        KeyError: if ``batch`` is not packed.
-    """
-    missing = [key for key in (*PACKED_KEYS, "pair_index") if key not in batch]
-    if missing:
-        raise KeyError(f"unpack_to_padded: the batch lacks {missing}; expected a batch of pack_preference_pairs.")
-    pairs = int(batch["pair_index"].shape[0])
-    seg, branch, pos, ids = batch["segment_ids"], batch["branch_ids"], batch["position_ids"], batch["input_ids"]
-    real = seg >= 0
-    length = int(pos[real].max()) + 1 if bool(real.any()) else 1
-    input_ids = torch.full((2 * pairs, length), pad_token_id, dtype=torch.long, device=ids.device)
-    attention_mask = torch.zeros_like(input_ids)
-    labels = torch.full_like(input_ids, ignore_index)
-    for answer, offset in ((1, 0), (2, pairs)):  # chosen rows, then rejected rows
-        take = real & ((branch == 0) | (branch == answer))
-        rows, cols = seg[take] + offset, pos[take]
-        input_ids[rows, cols] = ids[take]
-        attention_mask[rows, cols] = 1
-        response = branch[take] == answer
-        labels[rows[response], cols[response]] = ids[take][response]
-    fields = {key: value for key, value in batch.items() if key not in PACKED_KEYS}
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, **fields}
-
-
-def chosen_segments(batch: Mapping[str, Tensor], pad_token_id: int = 0) -> dict[str, Tensor]:
-    """The packed ``[prompt, chosen]`` batch of a packed pair batch: its rejected answers removed, rows closed up.
-
-    What supervised fine-tuning on the chosen answers runs (:func:`pack_sequences`' layout): each row keeps its
-    tokens but the rejected ones, in order, and is padded to the new longest row; the targets are the chosen
-    answers' (``target_row`` in ``[0, B)``), re-indexed. Runs on the batch's device without a Python loop.
-
-    Args:
-        batch: a packed batch of :func:`pack_preference_pairs` (or already of :func:`pack_sequences`).
-        pad_token_id: id written into the padding the removal adds (never attended to by a real token).
-
-    Returns:
-        The packed batch and the per-pair fields of ``batch``.
-    """
-    check_packed_batch(batch)
-    pairs = int(batch["pair_index"].shape[0])
-    rows, length = batch["branch_ids"].shape
-    keep = batch["branch_ids"] != 2  # (R, L)
-    column = keep.cumsum(1) - 1  # (R, L): each kept token's new column
-    new_length = max(int(keep.sum(1).max()), 1)
-    row_of = torch.arange(rows, device=keep.device)[:, None].expand(rows, length)
-    out: dict[str, Tensor] = {}
-    for key, fill in (("input_ids", pad_token_id), ("position_ids", 0), ("segment_ids", -1), ("branch_ids", -1)):
-        value = torch.full((rows, new_length), fill, dtype=torch.long, device=keep.device)
-        value[row_of[keep], column[keep]] = batch[key][keep]
-        out[key] = value
-    chosen = batch["target_row"] < pairs
-    index = batch["target_index"][chosen]
-    target_rows, target_cols = index // length, index % length
-    out["target_index"] = target_rows * new_length + column[target_rows, target_cols]
-    out["target_ids"], out["target_row"] = batch["target_ids"][chosen], batch["target_row"][chosen]
-    return {**out, **{key: value for key, value in batch.items() if key not in PACKED_KEYS}}

@@ -169,7 +169,7 @@ def _model_inputs(model: nn.Module, batch: Mapping[str, Tensor]) -> dict[str, An
     if reason is not None:
         raise ValueError(
             f"{type(base).__name__} cannot run a packed batch: {reason}; unpack it first "
-            "(betadpo_lightning.data.packing.unpack_to_padded)."
+            "(betadpo_lightning.data.packed_views.unpack_to_padded)."
         )
     return packed_model_inputs(base, batch)  # type: ignore[arg-type]
 

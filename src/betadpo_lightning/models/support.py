@@ -7,7 +7,8 @@ from collections.abc import Callable, Mapping
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
 from torch import Tensor, nn
 
-from betadpo_lightning.data.packing import is_packed, unpack_to_padded
+from betadpo_lightning.data.packed_views import unpack_to_padded
+from betadpo_lightning.data.packing import is_packed
 from betadpo_lightning.models.packed_attention import packing_unsupported_reason
 from betadpo_lightning.models.scoring import head_unsupported_reason, transformers_model
 

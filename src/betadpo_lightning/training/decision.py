@@ -2,7 +2,8 @@
 
 Every step of a preference module asks its **β provider** for a decision on its pairs: β (0-d or per pair), which
 pairs are kept, and the normaliser of the loss. A module always holds one: :class:`StaticBeta` (fixed β, every pair
-kept, the local mean) unless :class:`~betadpo_lightning.callbacks.DynamicBetaCallback` installs itself at setup.
+kept, every pair of every rank weighted alike) unless
+:class:`~betadpo_lightning.callbacks.DynamicBetaCallback` installs itself at setup.
 
 A LightningModule that is not a :class:`~betadpo_lightning.module.PreferenceModule` works with the callback when it
 follows :class:`DynamicBetaHost`, three members and two calls::
@@ -28,7 +29,7 @@ controller accumulated for the step instead of committing it. Nothing else is re
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -36,6 +37,7 @@ from torch import Tensor
 
 from betadpo_lightning.core.losses.base import PreferenceLoss
 from betadpo_lightning.core.types import PairData, PairRequest
+from betadpo_lightning.distributed import mean_count
 
 __all__ = ["BetaDecision", "BetaProvider", "DynamicBetaHost", "StaticBeta", "missing_host_members", "static_decision"]
 
@@ -100,10 +102,18 @@ class BetaProvider(Protocol):
 
 
 class StaticBeta:
-    """The default β provider: a fixed β, every pair kept, the local mean.
+    """The default β provider: a fixed β, every pair kept, the mean over every rank's pairs.
+
+    In training under several ranks the normaliser is the global pair count divided by the number of ranks (one
+    small reduction per micro-batch), so that every pair has the same weight after the gradients are averaged, also
+    when ranks hold different numbers of pairs (token-budget micro-batches); on one rank it is the local count.
 
     Args:
         beta: β (> 0).
+
+    Attributes:
+        strategy: the Lightning strategy the training normaliser reduces through (set by the module at setup;
+            ``None``: this process's pairs only).
     """
 
     request = PairRequest()
@@ -112,10 +122,15 @@ class StaticBeta:
         if not beta > 0:
             raise ValueError(f"Expected `beta` > 0, got {beta}.")
         self.beta0 = float(beta)
+        self.strategy: Any = None
 
     def decide(self, pairs: PairData, margins: Tensor, training: bool) -> BetaDecision:
-        """:func:`static_decision` for the pairs."""
-        return static_decision(len(pairs), self.beta0, margins.device)
+        """:func:`static_decision` for the pairs, with the global normaliser in training."""
+        decision = static_decision(len(pairs), self.beta0, margins.device)
+        if not training or self.strategy is None or self.strategy.world_size == 1:
+            return decision
+        normalizer = mean_count(self.strategy, len(pairs), margins.device)  # 0-d
+        return replace(decision, normalizer=torch.where(normalizer > 0, normalizer, 1.0))  # no pairs: a zero loss
 
     def skip_step(self) -> None:
         """Nothing to discard."""

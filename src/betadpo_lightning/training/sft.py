@@ -25,11 +25,14 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from betadpo_lightning.data.packed_views import chosen_segments
+from betadpo_lightning.data.packing import is_packed
 from betadpo_lightning.distributed import barrier
 from betadpo_lightning.models.building import DType, LoraOptions
 from betadpo_lightning.models.reference import NoReference
-from betadpo_lightning.models.scoring import head_unsupported_reason, score_rows
+from betadpo_lightning.models.scoring import response_targets, score_rows
 from betadpo_lightning.models.sharding import close_process_group_at_exit
+from betadpo_lightning.models.support import ModelSupport
 from betadpo_lightning.training.metrics import exact_mean
 from betadpo_lightning.training.optimization import configure_policy_optimization
 from betadpo_lightning.training.policy_and_reference import PolicyAndReference
@@ -40,14 +43,18 @@ _SHARDED_STRATEGIES = ("FSDPStrategy", "ModelParallelStrategy", "DeepSpeedStrate
 
 
 def chosen_rows(batch: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The chosen half of a ``(2B, T)`` preference batch: rows ``[:B]`` of the model inputs and labels.
+    """The chosen half of a preference batch: rows ``[:B]`` if padded, the ``[prompt, chosen]`` segments if packed.
 
     Args:
-        batch: a preference batch (see :mod:`betadpo_lightning.data.collate`); ``pair_index`` ``(B,)`` gives ``B``.
+        batch: a preference batch (see :mod:`betadpo_lightning.data.collate` and :mod:`betadpo_lightning.data.packing`);
+            ``pair_index`` ``(B,)`` gives ``B``.
 
     Returns:
-        ``input_ids``, ``attention_mask`` and ``labels``, ``(B, T)`` each.
+        Padded: ``input_ids``, ``attention_mask`` and ``labels``, ``(B, T)`` each. Packed: the packed batch of
+        :func:`~betadpo_lightning.data.packed_views.chosen_segments` (``target_row`` in ``[0, B)``).
     """
+    if is_packed(batch):
+        return chosen_segments(batch)
     pairs = int(batch["pair_index"].shape[0])
     return {key: batch[key][:pairs] for key in ("input_ids", "attention_mask", "labels")}
 
@@ -126,6 +133,7 @@ class SFTModule(PolicyAndReference):
         self.reference_provider = NoReference()
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.val_nll = exact_mean()  # NLL summed over tokens, counted per token
+        self._support = ModelSupport("SFTModule", head=head == "auto")
         self._init_models()
 
     @override
@@ -143,19 +151,22 @@ class SFTModule(PolicyAndReference):
         """Summed NLL of the chosen responses of a preference batch and their token count.
 
         Args:
-            batch: a ``(2B, T)`` preference batch; evaluation batches may flag repeated pairs in ``is_padding``.
+            batch: a padded ``(2B, T)`` or packed preference batch; evaluation batches may flag repeated pairs in
+                ``is_padding``.
 
         Returns:
             ``(nll_sum, tokens)``: 0-d float (with gradients when enabled) and 0-d long, over rows ``[:B]``
             whose pair is not padding.
         """
         assert self.policy is not None, "`configure_model()` must run first"
-        rows = chosen_rows(batch)
-        head = self.hparams.head == "auto" and head_unsupported_reason(self.policy) is None
+        pairs = int(batch["pair_index"].shape[0])
+        # a packed batch stays packed where the policy takes it (then only its chosen segments run)
+        rows = chosen_rows(self._support.layout(batch, self.policy))
+        head = self._support.head(self.policy)
         # Every row runs (a batch of padding pairs alone would leave the model nothing to run, and a sharded model
         # needs the same forward on every rank); the padding pairs are then left out of the sums.
-        logps = score_rows(self.policy, rows, head=head).logps  # (B,) summed over response tokens
-        tokens = response_token_count(rows["labels"])  # (B,)
+        logps = score_rows(self.policy, rows, head=head, num_rows=pairs).logps  # (B,) summed over response tokens
+        tokens = response_targets(rows, pairs).counts()  # (B,)
         padding = batch.get("is_padding")
         if padding is not None:
             logps = torch.where(padding, torch.zeros_like(logps), logps)
