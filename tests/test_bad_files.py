@@ -148,7 +148,7 @@ def _hh_messages(tmp_path: Path, fixtures_dir: Path) -> Path:
 def test_blank_message_answer_is_empty_text_like_its_string_form(tmp_path, fixtures_dir, bpe_tokenizer_dir):
     """Rendered, the blank answer would be only the end-of-turn tokens ('<|im_end|>\\n'): a pair without an answer."""
     path = _hh_messages(tmp_path, fixtures_dir)
-    with pytest.raises(PreferenceDataError, match=r"^row 2, field 'chosen': expected non-empty response content"):
+    with pytest.raises(PreferenceDataError, match=r"line 3, field 'chosen': expected non-empty response"):
         _module(path, bpe_tokenizer_dir, tmp_path, format="implicit").prepare_data()
     with pytest.warns(UserWarning, match="2/3 pairs kept; skipped empty_text=1"):
         module = _ready(path, bpe_tokenizer_dir, tmp_path, format="implicit", on_bad_row="skip")

@@ -146,7 +146,7 @@ def test_bad_layout_rows_are_skipped_and_counted(bpe_tokenizer_dir: Path, tmp_pa
     tool = {**good, "conversations": [sharegpt("human", QUESTION), sharegpt("function_call", "{}")]}
     blank = {**good, "chosen": sharegpt("gpt", " ")}
     rows = [good, tool, blank, good]
-    with pytest.raises(PreferenceDataError, match=r"^row 1, field 'conversations': message 1: ShareGPT turns from"):
+    with pytest.raises(PreferenceDataError, match=r"line 2, field 'conversations': message 1: ShareGPT"):
         _ready(tmp_path, rows, bpe_tokenizer_dir)
     with pytest.warns(UserWarning, match="2/4 pairs kept; skipped empty_text=1, unsupported_role=1"):
         module = _ready(tmp_path, rows, bpe_tokenizer_dir, on_bad_row="skip")
@@ -156,7 +156,7 @@ def test_bad_layout_rows_are_skipped_and_counted(bpe_tokenizer_dir: Path, tmp_pa
 def test_image_parts_are_refused(bpe_tokenizer_dir: Path, tmp_path: Path):
     rows = [LAYOUTS["content_parts"], LAYOUTS["content_parts"]]
     rows[1] = {**rows[1], "prompt": [message("user", [*text_parts("What is this?"), {"type": "image", "text": None}])]}
-    with pytest.raises(PreferenceDataError, match=r"^row 1, field 'prompt': message 0: content part 1 .*'image'"):
+    with pytest.raises(PreferenceDataError, match=r"line 2, field 'prompt': message 0: content part 1 .*'image'"):
         _ready(tmp_path, rows, bpe_tokenizer_dir)
 
 
@@ -183,7 +183,7 @@ def test_unknown_tokens_are_counted_and_warned_about(synthetic_tokenizer_dir: Pa
     warning = [str(item.message) for item in caught if "unknown token" in str(item.message)]
     assert len(warning) == 1  # once for the split
     assert warning[0].startswith("preference data 'train': 2 of 36 prompt and response tokens (5.6%) are the tokenizer")
-    assert "first in row 1" in warning[0]
+    assert "first in row 2" in warning[0]  # 1-based
     assert "data.tokenizer" in warning[0]
     ids = module.splits["train"][1]["prompt_input_ids"]
     assert ids.count(module.tokenizer.unk_token_id) == 2

@@ -129,7 +129,7 @@ def test_deepseek_prompt_keeps_the_opened_think_block(deepseek, tmp_path: Path):
 
 def test_deepseek_reasoning_that_the_template_drops_is_refused(deepseek, tmp_path: Path):
     reasoned = _row("<think>\nadd them up\n</think>\n\nFour.", "Five.")
-    with pytest.raises(PreferenceDataError, match=r"^row 0, field 'chosen': .*leaves out") as info:
+    with pytest.raises(PreferenceDataError, match=r"line 1, field 'chosen': .*leaves out") as info:
         _ready(tmp_path, deepseek, [reasoned])
     assert info.value.reason == "reasoning_dropped"
 
@@ -190,7 +190,7 @@ def test_qwen3_reasoning_responses(qwen3, tmp_path: Path):
     assert chosen == ids(qwen3, "<think>", "\nadd them up\n", "</think>", "\n\nFour.", "<|im_end|>", "\n")
     assert rejected == ids(qwen3, *EMPTY_THINK, "Five.", "<|im_end|>", "\n")
     # Reasoning in the data while the generation prompt closes the block already: no consistent pair.
-    with pytest.raises(PreferenceDataError, match=r"^row 0, field 'chosen': .*opens a block of its own") as info:
+    with pytest.raises(PreferenceDataError, match=r"line 1, field 'chosen': .*opens a block of its own") as info:
         _ready(tmp_path / "no-thinking", qwen3, [row], chat_template_kwargs={"enable_thinking": False})
     assert info.value.reason == "template_mismatch"
 

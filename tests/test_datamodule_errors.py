@@ -26,7 +26,8 @@ def _ready(**kwargs) -> PreferenceDataModule:
 def test_bad_rows_error_mode(fixtures_dir: Path, bpe_tokenizer_dir: Path, tmp_path: Path):
     module = PreferenceDataModule(dataset=str(fixtures_dir / "bad_rows.jsonl"), tokenizer=str(bpe_tokenizer_dir),
                                   cache_dir=str(tmp_path), val_split=None)  # fmt: skip
-    with pytest.raises(PreferenceDataError, match=r"^row 1, field 'rejected': expected 'rejected' to differ"):
+    expected = r"^split 'train', file '.*bad_rows.jsonl', line 2, field 'rejected': expected 'rejected' to differ"
+    with pytest.raises(PreferenceDataError, match=expected):
         module.prepare_data()
 
 
@@ -79,9 +80,14 @@ def test_missing_chat_template_for_conversational_data(fixtures_dir, bpe_tokeniz
 
 
 def test_unknown_split_and_suffix(fixtures_dir: Path, bpe_tokenizer_dir: Path, tmp_path: Path):
-    module = PreferenceDataModule(dataset=str(fixtures_dir / "standard.jsonl"), tokenizer=str(bpe_tokenizer_dir),
+    folder = tmp_path / "two-splits"  # neither the configured split nor 'train', and more than one split
+    folder.mkdir()
+    for split in ("first", "second"):
+        shutil.copy(fixtures_dir / "standard.jsonl", folder / f"{split}.jsonl")
+    files = {split: str(folder / f"{split}.jsonl") for split in ("first", "second")}
+    module = PreferenceDataModule(dataset="json", data_files=files, tokenizer=str(bpe_tokenizer_dir),
                                   cache_dir=str(tmp_path), train_split="train_prefs")  # fmt: skip
-    with pytest.raises(PreferenceDataError, match=r"no split 'train_prefs'; available splits: \['train'\]"):
+    with pytest.raises(PreferenceDataError, match=r"no split 'train_prefs' and no 'train'.*\['first', 'second'\]"):
         module.prepare_data()
     odd = tmp_path / "pairs.txt"
     odd.write_text("x")

@@ -57,10 +57,10 @@ def test_reset_starts_a_new_window():
     assert metrics.compute()["logps/chosen"].item() == pytest.approx(batch[0].mean().item(), rel=1e-6)
 
 
-def test_ties_are_not_accurate_and_empty_is_zero():
+def test_ties_are_not_accurate_and_empty_is_nan():
     accuracy = RewardAccuracy()
     with pytest.warns(UserWarning, match="before the ``update``"):
-        assert accuracy.compute().item() == 0.0
+        assert math.isnan(accuracy.compute().item())
     accuracy.update(torch.tensor([1.0, 2.0]), torch.tensor([1.0, 1.0]))
     assert accuracy.compute().item() == 0.5
 

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from betadpo_lightning.core.types import PairData
 
-__all__ = ["any_rank", "barrier", "gather_pairs"]
+__all__ = ["any_rank", "barrier", "gather_pairs", "gather_texts", "max_over_ranks", "mean_count"]
 
 
 def gather_pairs(strategy: Any, pairs: PairData, margins: Tensor) -> tuple[PairData, Tensor, int, int]:
@@ -54,6 +54,41 @@ def any_rank(strategy: Any | None, flag: bool | Tensor, device: torch.device | N
     if strategy is not None:
         local = strategy.reduce(local, reduce_op="max")
     return bool(local.item() > 0)
+
+
+def mean_count(strategy: Any | None, count: int, device: torch.device | None = None) -> Tensor:
+    """Every rank's ``count`` summed, divided by the number of ranks: a 0-d float32 tensor (one ``mean`` reduction).
+
+    The loss normaliser that gives each pair of each rank the same weight after DDP/FSDP average the gradients,
+    also when the ranks hold different numbers of pairs (token-budget micro-batches).
+    """
+    local = torch.tensor([float(count)], dtype=torch.float32, device=device)  # small integers are exact in float32
+    if strategy is None or strategy.world_size == 1:
+        return local.reshape(())
+    return strategy.reduce(local, reduce_op="mean").reshape(())
+
+
+def max_over_ranks(strategy: Any | None, value: int, device: torch.device | None = None) -> int:
+    """The largest of every rank's ``value`` (one ``max`` reduction; ``strategy=None``: this process's)."""
+    local = torch.tensor([value], dtype=torch.float32, device=device)  # small integers are exact in float32
+    if strategy is not None:
+        local = strategy.reduce(local, reduce_op="max")
+    return int(local.item())
+
+
+def gather_texts(strategy: Any | None, text: str, device: torch.device | None = None, limit: int = 4096) -> list[str]:
+    """Every rank's ``text`` in rank order, by one ``all_gather`` (``strategy=None``: this process).
+
+    Meant for rare messages (errors): each text travels as ``limit`` UTF-8 bytes and is cut there.
+    """
+    if strategy is None or strategy.world_size == 1:
+        return [text]
+    data = text.encode("utf-8")[:limit]
+    local = torch.zeros(limit + 1, dtype=torch.int32, device=device)  # (L + 1,): length, then the bytes
+    local[0] = len(data)
+    local[1 : len(data) + 1] = torch.tensor(list(data), dtype=torch.int32, device=device)
+    rows = strategy.all_gather(local).reshape(-1, limit + 1).cpu()  # (W, L + 1)
+    return [bytes(row[1 : int(row[0]) + 1].tolist()).decode("utf-8", errors="ignore") for row in rows]
 
 
 def barrier(strategy: Any, name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import lightning.pytorch as pl
@@ -39,9 +40,12 @@ class DynamicBetaCallback(Callback):
     Each training micro-batch, the module asks :meth:`decide` with its pairs and margins; the callback gathers those
     of all ranks (:mod:`~betadpo_lightning.distributed`; ranks may hold different numbers of pairs), steps the
     controller once on the global micro-batch and hands back β, this rank's keep-mask, the global normaliser and
-    the controller's statistics. After every optimizer step it calls the controller's ``on_optimizer_step``, or
-    ``discard_step`` when the module reported through :meth:`skip_step` that the step was dropped. The controller's
-    state is saved in and restored from checkpoints.
+    the controller's statistics. After every optimizer step it calls the controller's ``on_optimizer_step``. When the
+    module reported through :meth:`skip_step` that the step was dropped (non-finite values), the controller is put
+    back to its state before the step's first micro-batch (``load_state_dict`` of a copy taken then, for any
+    controller, also one whose ``step`` updates statistics at once, as β-DPO's per-micro-batch ``M0`` and ``σ``)
+    and its ``discard_step`` is called: a skipped step leaves no trace in the controller. The controller's state is
+    saved in and restored from checkpoints.
 
     Evaluation (validation and test) never changes the controller and runs no collective per batch: its loss uses
     the fixed base β0 (``controller.beta``) and keeps every pair. The module logs the metrics (its reporter), with
@@ -62,6 +66,7 @@ class DynamicBetaCallback(Callback):
         self._previous: BetaProvider | None = None
         self._skip = False
         self._last_step: int | None = None
+        self._before_step: dict[str, Any] | None = None  # the controller's state before this optimizer step
 
     @property
     def beta0(self) -> float:
@@ -134,6 +139,8 @@ class DynamicBetaCallback(Callback):
         if not all(bool(torch.isfinite(value).all()) for value in values):
             # A poisoned micro-batch (the module's guard skips or stops its step) never reaches the controller.
             return static_decision(len(pairs), self.beta0, margins.device)
+        if self._before_step is None:  # the step's first micro-batch that reaches the controller
+            self._before_step = copy.deepcopy(self.controller.state_dict())
         result = self.controller.step(gaps, everyone)
         local = slice(offset, offset + len(pairs))
         return BetaDecision(
@@ -144,12 +151,12 @@ class DynamicBetaCallback(Callback):
         )
 
     def skip_step(self) -> None:
-        """The module drops the current optimizer step: the controller discards it instead of committing it."""
+        """The module drops the current optimizer step: the controller forgets all of it instead of committing it."""
         self._skip = True
 
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._last_step, self._skip = trainer.global_step, False
+        self._last_step, self._skip, self._before_step = trainer.global_step, False, None
 
     @override
     def on_train_batch_end(
@@ -159,10 +166,12 @@ class DynamicBetaCallback(Callback):
             return
         self._last_step = trainer.global_step
         if self._skip:
+            if self._before_step is not None:  # undo what the step's micro-batches changed
+                self.controller.load_state_dict(self._before_step)
             self.controller.discard_step()
         else:
             self.controller.on_optimizer_step()
-        self._skip = False
+        self._skip, self._before_step = False, None
 
     # ------------------------------------------------------------- checkpoint
     @override

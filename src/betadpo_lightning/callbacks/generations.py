@@ -17,6 +17,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from betadpo_lightning.atomic import atomic_write_bytes
 from betadpo_lightning.models.generation import eos_token_ids, generate_tokens, left_pad, until_eos
 
 __all__ = ["SampleGenerations"]
@@ -165,10 +166,9 @@ class SampleGenerations(Callback):
     # ----------------------------------------------------------------- output
     def _write(self, trainer: pl.Trainer, records: list[dict[str, Any]]) -> None:
         path = Path(_log_dir(trainer)) / self.filename
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as file:
-            for record in records:
-                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+        earlier = path.read_bytes() if path.is_file() else b""  # appended by writing the whole file anew
+        lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        atomic_write_bytes(path, earlier + lines.encode("utf-8"))
         columns = list(records[0])
         rows = [[record[column] for column in columns] for record in records]
         for logger in trainer.loggers:

@@ -14,6 +14,7 @@ one split never change the values of another.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from betadpo_lightning.data.errors import PreferenceDataError
-from betadpo_lightning.data.files import copy_without, csv_text_options, describe, find_bad_lines
+from betadpo_lightning.data.files import BadLine, copy_without, csv_text_options, describe, find_bad_lines
+from betadpo_lightning.data.row_origins import SplitOrigin, record_origin
 from betadpo_lightning.models.hub import hub_errors, require_reachable
 
 DataFiles = str | Sequence[str] | Mapping[str, str | Sequence[str]]
@@ -67,11 +69,12 @@ class LoadedSource:
 
     Attributes:
         splits: the splits by name.
-        skipped_lines: malformed lines skipped per split (``on_bad_row="skip"``; only splits that had some).
+        skipped_lines: malformed lines skipped per split, by reason (``malformed_line``, ``invalid_utf8``,
+            ``missing_fields``; ``on_bad_row="skip"``; only splits that had some).
     """
 
     splits: datasets.DatasetDict
-    skipped_lines: dict[str, int] = field(default_factory=dict)
+    skipped_lines: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 def load_source(
@@ -83,10 +86,13 @@ def load_source(
 ) -> LoadedSource:
     """Load every split of a source, through the ``datasets`` cache.
 
-    Local CSV files are read with every column as text. When reading local files fails, the files are scanned:
-    a malformed line (invalid JSON, not an object, an integer beyond 64 bits, a CSV record with the wrong number of
-    fields) or an empty file raises a :class:`PreferenceDataError` naming the file and the line, or, under
-    ``on_bad_row="skip"``, a copy without the malformed lines is read and the skipped lines are counted.
+    Local CSV files are read with every column as text. Local files are scanned when reading them fails, when a
+    string they hold is not valid UTF-8 (checked on the loaded Arrow data) and, for CSV, always (``datasets`` reads a
+    record with too few fields silently, as empty strings): a malformed line (invalid JSON or UTF-8, not an object,
+    an integer beyond 64 bits, a CSV record with the wrong number of fields) or an empty file raises a
+    :class:`PreferenceDataError` naming the file and the line, or, under ``on_bad_row="skip"``, a copy without the
+    malformed lines is read and the skipped lines are counted by reason. Where each row of a local split comes from
+    is recorded for the messages about bad rows (:mod:`~betadpo_lightning.data.row_origins`).
 
     Args:
         dataset: A local file or folder, a ``datasets`` builder name used with ``data_files``, or a Hub dataset.
@@ -108,19 +114,41 @@ def load_source(
         dataset, data_files = builder_for_file(path), {"train": str(path)}
     local = _local_files(path, data_files)
     options = _text_options(local)
-    skipped: dict[str, int] = {}
+    skipped: dict[str, dict[str, int]] = {}
+    bad: dict[Path, list[BadLine]] = {}
     try:
         loaded = _load(dataset, config_name, data_files, cache_dir, options)
+        _check_loaded(local, loaded)
     except Exception as error:  # datasets raises anything from StopIteration to ArrowInvalid
         if not local:
             raise
-        clean, skipped = _without_bad_lines(local, error, on_bad_row, cache_dir)
+        clean, skipped, bad = _without_bad_lines(local, error, on_bad_row, cache_dir)
         options = _text_options(clean)
         paths = {split: [str(f) for f in fs] for split, fs in clean.items()}
         loaded = _load(_builder_of(clean), None, paths, cache_dir, options)
     if not isinstance(loaded, datasets.DatasetDict) or not loaded:
         raise PreferenceDataError(f"expected '{dataset}' to load as named splits, got {type(loaded).__name__}")
+    for split, files in local.items():
+        if split in loaded:
+            origin = SplitOrigin(tuple((f, builder_for_file(f)) for f in files), {f: bad[f] for f in files if f in bad})
+            record_origin(loaded[split], origin)
     return LoadedSource(loaded, skipped)
+
+
+def _check_loaded(local: Mapping[str, Sequence[Path]], loaded: object) -> None:
+    """Raise if local files hold what ``datasets`` reads without a word.
+
+    A string that is not valid UTF-8 (the JSON reader keeps its bytes; reading the value fails later, naming neither
+    file nor line), or a CSV record with the wrong number of fields (too few are read as empty strings).
+    """
+    if not local or not isinstance(loaded, datasets.DatasetDict):
+        return
+    for split in loaded.values():
+        split.data.table.validate(full=True)  # ArrowInvalid for invalid UTF-8 (a C++ pass over the data)
+    csvs = [f for fs in local.values() for f in fs if builder_for_file(f) == "csv"]
+    malformed = [f for f in csvs if find_bad_lines(f, "csv")]
+    if malformed:
+        raise ValueError(f"malformed CSV records in {[str(f) for f in malformed]}")
 
 
 def _load(
@@ -189,8 +217,12 @@ def _text_options(files: Mapping[str, Sequence[Path]]) -> dict[str, object]:
 
 def _without_bad_lines(
     files: dict[str, list[Path]], error: Exception, on_bad_row: str, cache_dir: str | None
-) -> tuple[dict[str, list[Path]], dict[str, int]]:
-    """After reading failed: name the malformed lines, or (``skip``) copies without them and the counts per split."""
+) -> tuple[dict[str, list[Path]], dict[str, dict[str, int]], dict[Path, list[BadLine]]]:
+    """After reading failed: name the malformed lines, or (``skip``) copies without them.
+
+    Returns:
+        The copies per split, the skipped lines per split and reason, and the bad lines per file.
+    """
     found = {f: find_bad_lines(f, builder_for_file(f)) for fs in files.values() for f in fs}
     bad = {f: lines for f, lines in found.items() if lines}
     if not bad:
@@ -204,10 +236,10 @@ def _without_bad_lines(
         raise PreferenceDataError(messages + hint) from None
     folder = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "betadpo_lightning_clean"
     clean = {s: [copy_without(f, builder_for_file(f), bad.get(f, []), folder) for f in fs] for s, fs in files.items()}
-    skipped = {s: n for s, fs in files.items() if (n := sum(len(bad.get(f, [])) for f in fs))}
+    skipped = {s: dict(n) for s, fs in files.items() if (n := Counter(b.code for f in fs for b in bad.get(f, [])))}
     for f, lines in bad.items():
         rank_zero_warn(f"skipping {describe(f, lines)}")
-    return clean, skipped
+    return clean, skipped, bad
 
 
 def pick_split(splits: datasets.DatasetDict, name: str, source: str) -> datasets.Dataset:

@@ -9,7 +9,7 @@ an example row: the data was most likely tokenized with a tokenizer other than t
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 import datasets
@@ -33,12 +33,13 @@ class SplitStats:
         kept: Rows turned into training pairs.
         dropped: Rows dropped by tokenization, by reason (``"too_long"``: no room for a response token;
             ``"identical_tokens"``: chosen and rejected ids equal after tokenization and truncation).
-        skipped: Bad rows skipped under ``on_bad_row="skip"``, by reason (e.g. ``"identical_pair"``;
-            ``"malformed_line"`` for lines of a local file that could not be read as a row).
+        skipped: Bad rows skipped under ``on_bad_row="skip"``, by reason (e.g. ``"identical_pair"``; for lines of a
+            local file that could not be read as a row ``"malformed_line"``, ``"invalid_utf8"`` or, a CSV record with
+            fewer fields than its header, ``"missing_fields"``).
         truncated: Kept rows whose prompt, chosen or rejected part was cut, by part.
         tokens: Prompt, chosen and rejected tokens of the kept pairs (each prompt counted once).
         unknown_tokens: How many of them are the tokenizer's unknown token.
-        unknown_example: The source row of the first pair holding an unknown token, if any.
+        unknown_example: The source row (0-based index) of the first pair holding an unknown token, if any.
     """
 
     rows: int
@@ -49,6 +50,11 @@ class SplitStats:
     tokens: int = 0
     unknown_tokens: int = 0
     unknown_example: int | None = None
+
+    @property
+    def unknown_row(self) -> int | None:
+        """The 1-based row of :attr:`unknown_example` in its source split, as messages count rows."""
+        return None if self.unknown_example is None else self.unknown_example + 1
 
     @property
     def unknown_fraction(self) -> float:
@@ -121,16 +127,22 @@ class SplitStats:
             outcomes[kind][reason] += 1
         return cls(rows, kept, dict(outcomes["dropped"]), dict(outcomes["skipped"]), dict(parts))
 
-    def with_malformed_lines(self, count: int) -> SplitStats:
-        """These counts plus ``count`` malformed source lines skipped before tokenization (``malformed_line``).
+    def with_malformed_lines(self, count: int | Mapping[str, int]) -> SplitStats:
+        """These counts plus the source lines skipped before tokenization: a number (``malformed_line``) or by reason.
 
         Examples:
             >>> SplitStats(rows=3, kept=3).with_malformed_lines(2).summary("train")
             "preference data 'train': 3/5 pairs kept; skipped malformed_line=2"
+            >>> SplitStats(rows=3, kept=3).with_malformed_lines({"missing_fields": 1, "invalid_utf8": 1}).skipped
+            {'missing_fields': 1, 'invalid_utf8': 1}
         """
-        if not count:
+        counts = {"malformed_line": count} if isinstance(count, int) else dict(count)
+        counts = {reason: n for reason, n in counts.items() if n}
+        if not counts:
             return self
-        return replace(self, rows=self.rows + count, skipped={**self.skipped, "malformed_line": count})
+        skipped = Counter(self.skipped)
+        skipped.update(counts)
+        return replace(self, rows=self.rows + sum(counts.values()), skipped=dict(skipped))
 
     def summary(self, split: str) -> str:
         """One line describing the counts, for the log.
@@ -160,7 +172,7 @@ class SplitStats:
             return None
         return (
             f"preference data '{split}': {self.unknown_tokens} of {self.tokens} prompt and response tokens "
-            f"({self.unknown_fraction:.1%}) are the tokenizer's unknown token (first in row {self.unknown_example}): "
+            f"({self.unknown_fraction:.1%}) are the tokenizer's unknown token (first in row {self.unknown_row}): "
             "the tokenizer does not know this text, and the model would see the unknown token instead. Use the "
             "model's own tokenizer (data.tokenizer, which defaults to the model's)"
         )

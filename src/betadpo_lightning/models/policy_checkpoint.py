@@ -25,7 +25,9 @@ __all__ = [
     "SHARDED_EXTRA_FILE",
     "CheckpointError",
     "adapters_only",
+    "damaged_record",
     "first_line",
+    "load_checkpoint_file",
     "policy_weights_dtype",
     "read_policy_checkpoint",
 ]
@@ -101,15 +103,54 @@ def first_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-def _torch_load(file: Path, checkpoint_path: Path) -> Any:
+def load_checkpoint_file(
+    file: str | os.PathLike[str], checkpoint_path: str | os.PathLike[str] | None = None, **load_options: Any
+) -> Any:
+    """``torch.load`` of a checkpoint file, with a file it cannot read named in a :class:`CheckpointError`.
+
+    Args:
+        file: the file written by ``torch.save``.
+        checkpoint_path: the checkpoint to name in errors (``None``: ``file``; a sharded folder names the folder).
+        **load_options: ``torch.load`` options (``map_location``, ``weights_only``, ``mmap``).
+
+    Returns:
+        What ``torch.load`` returns.
+
+    Raises:
+        CheckpointError: for a file that is not a complete ``torch.save`` zip (truncated, or another format) or that
+            ``torch.load`` fails on (damaged records, objects ``weights_only`` refuses).
+    """
+    file = Path(file)
+    checkpoint_path = file if checkpoint_path is None else checkpoint_path
     if not zipfile.is_zipfile(file):  # what torch.save writes (Lightning never writes the legacy format)
-        raise CheckpointError(f"{checkpoint_path} is not a checkpoint: {file.name} is not a file written by torch.save")
+        raise CheckpointError(
+            f"{checkpoint_path} is not a checkpoint: {file.name} is not a complete file written by torch.save "
+            "(truncated, damaged or another format)"
+        )
+    weights_only = load_options.get("weights_only")
+    how = "torch.load" if weights_only is None else f"torch.load(weights_only={weights_only})"
     try:
-        return torch.load(file, map_location="cpu", mmap=True, weights_only=True)
+        return torch.load(file, **load_options)
     except Exception as error:  # torch raises many types here: pickle, zip, runtime and OS errors
         raise CheckpointError(
-            f"{checkpoint_path} is not a checkpoint that torch.load(weights_only=True) can read ({first_line(error)})"
+            f"{checkpoint_path} is not a checkpoint that {how} can read ({first_line(error)})"
         ) from None
+
+
+def damaged_record(file: str | os.PathLike[str]) -> str | None:
+    """The first record of a ``torch.save`` zip whose bytes fail their CRC-32 checksum, or ``None`` when all pass.
+
+    ``torch.load`` does not check these checksums: flipped bytes in a tensor load silently as other values.
+    """
+    try:
+        with zipfile.ZipFile(file) as archive:
+            return archive.testzip()
+    except (OSError, zipfile.BadZipFile, EOFError) as error:
+        return f"(unreadable: {first_line(error)})"
+
+
+def _torch_load(file: Path, checkpoint_path: Path) -> Any:
+    return load_checkpoint_file(file, checkpoint_path, map_location="cpu", mmap=True, weights_only=True)
 
 
 def _read_folder(path: Path) -> dict[str, Any]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,9 @@ from torch import nn
 from betadpo_lightning.core.types import REFERENCE_BATCH_KEYS
 from betadpo_lightning.distributed import barrier
 from betadpo_lightning.models.building import eval_mode
+from betadpo_lightning.models.cache_integrity import read_meta, read_part, write_meta, write_part
 from betadpo_lightning.models.scoring import head_unsupported_reason, score_rows
+from betadpo_lightning.models.support import ModelSupport
 from betadpo_lightning.training.checks import weights_fingerprint
 
 __all__ = ["COLUMNS", "StaleCacheError", "cache_key", "prepare_reference_cache"]
@@ -103,11 +104,12 @@ def _compute_share(
     rank, world = trainer.global_rank, trainer.world_size
     rows = list(range(rank, len(data), world))
     device = trainer.strategy.root_device
+    support = ModelSupport("PrecomputedReference")  # packed batches run packed where the model takes them
     logps, entropies = [], []
     with torch.no_grad(), eval_mode(model), trainer.precision_plugin.forward_context():
         for start in range(0, len(rows), batch_size):
             batch = datamodule.collate([data[i] for i in rows[start : start + batch_size]])
-            batch = {k: v.to(device) for k, v in batch.items()}
+            batch = support.layout({k: v.to(device) for k, v in batch.items()}, model)
             scores = score_rows(model, batch, head=head, entropy=entropy)
             b = scores.logps.shape[0] // 2
             logps.append(torch.stack([scores.logps[:b], scores.logps[b:]], 1).float().cpu())  # (b, 2)
@@ -119,12 +121,13 @@ def _compute_share(
     return share
 
 
-def _read(path: Path, split: str, world: int, length: int, entropy: bool) -> dict[str, torch.Tensor]:
+def _read(path: Path, split: str, meta: dict[str, Any], length: int) -> dict[str, torch.Tensor]:
+    world, entropy = int(meta["world_size"]), bool(meta.get("entropy"))
     values = {"logps": torch.full((length, 2), float("nan"))}
     if entropy:
         values["entropy"] = torch.full((length, 2), float("nan"))
     for rank in range(world):
-        part = torch.load(path / f"{split}-{rank}-of-{world}.pt", weights_only=True)
+        part = read_part(path / f"{split}-{rank}-of-{world}.pt", meta)  # checked against its checksum
         for name in values:
             values[name][part["rows"]] = part[name]
     if any(bool(torch.isnan(value).any()) for value in values.values()):
@@ -170,22 +173,22 @@ def prepare_reference_cache(
         path.mkdir(parents=True, exist_ok=True)
         for split in datamodule.splits:
             share = _compute_share(model, datamodule, trainer, split, batch_size, entropy, head)
-            torch.save(share, path / f"{split}-{trainer.global_rank}-of-{trainer.world_size}.pt")
+            write_part(path / f"{split}-{trainer.global_rank}-of-{trainer.world_size}.pt", share)
         barrier(trainer.strategy, "reference_cache_parts")
         if trainer.global_rank == 0:
             meta = {"key": key, "entropy": entropy, "world_size": trainer.world_size}
-            temporary = path / f"meta.json.{os.getpid()}"
-            temporary.write_text(json.dumps(meta, indent=1, default=str))
-            temporary.replace(meta_path)
+            world = trainer.world_size
+            parts = [path / f"{split}-{rank}-of-{world}.pt" for split in datamodule.splits for rank in range(world)]
+            write_meta(meta_path, meta, parts)
         barrier(trainer.strategy, "reference_cache_meta")
         rank_zero_info(f"PrecomputedReference: reference values of {sorted(datamodule.splits)} cached at {path}.")
     if name_or_path:
         del model
         gc.collect()
-    saved = json.loads(meta_path.read_text())
+    saved = read_meta(meta_path)
     _check(saved, key, entropy, path)
     for split, data in list(datamodule.splits.items()):
-        values = _read(path, split, int(saved["world_size"]), len(data), bool(saved.get("entropy")))
+        values = _read(path, split, saved, len(data))
         columns = {COLUMNS[0]: values["logps"][:, 0].tolist(), COLUMNS[1]: values["logps"][:, 1].tolist()}
         if "entropy" in values:
             columns |= {COLUMNS[2]: values["entropy"][:, 0].tolist(), COLUMNS[3]: values["entropy"][:, 1].tolist()}

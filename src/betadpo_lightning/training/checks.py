@@ -7,19 +7,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from betadpo_lightning.distributed import any_rank
+from betadpo_lightning.data.packing import check_packed_batch, is_packed
+from betadpo_lightning.distributed import any_rank, gather_texts
 from betadpo_lightning.models.sharding import local_shard
 
 __all__ = ["check_batch", "check_token_ids", "check_weights_finite", "reference_mismatch", "weights_fingerprint"]
 
 
 def check_batch(batch: dict[str, Tensor]) -> None:
-    """Raise unless ``batch`` is the ``(2B, T)`` preference batch (chosen rows first, then rejected).
+    """Raise unless ``batch`` is the ``(2B, T)`` preference batch (chosen rows first, then rejected) or a packed one.
 
     Raises:
         KeyError: a key is missing.
         ValueError: wrong shapes.
     """
+    if is_packed(batch):  # the packed layout of betadpo_lightning.data.packing
+        check_packed_batch(batch)
+        return
     missing = [key for key in ("input_ids", "attention_mask", "labels") if key not in batch]
     if missing:
         raise KeyError(f"The batch lacks {missing}; expected the (2B, T) preference batch of PreferenceDataModule.")
@@ -39,15 +43,16 @@ def check_weights_finite(model: nn.Module | None, strategy: Any = None) -> None:
         strategy: the Trainer's strategy: its ``reduce`` (``"max"``) makes every rank agree; ``None``: this process.
 
     Raises:
-        FloatingPointError: naming the parameters at fault on this rank.
+        FloatingPointError: on every rank, naming the parameters at fault (with several ranks, per rank).
     """
     if model is None:
         return
     bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(local_shard(p.detach())).all())]
-    if any_rank(strategy, bool(bad), next(model.parameters()).device):
-        raise FloatingPointError(
-            f"Refusing to write a checkpoint with non-finite weights ({bad[:5] or 'on another rank'})."
-        )
+    device = next(model.parameters()).device
+    if any_rank(strategy, bool(bad), device):
+        faults = gather_texts(strategy, str(bad[:5]) if bad else "", device)  # only when something is wrong
+        where = faults[0] if len(faults) == 1 else "; ".join(f"rank {r}: {t}" for r, t in enumerate(faults) if t)
+        raise FloatingPointError(f"Refusing to write a checkpoint with non-finite weights ({where}).")
 
 
 def weights_fingerprint(model: nn.Module | None) -> Tensor | None:

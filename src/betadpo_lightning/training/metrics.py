@@ -1,7 +1,9 @@
 """torchmetrics for preference training: reward accuracy, mean rewards and log-probs, margin moments.
 
 Every state is a sum reduced with ``dist_reduce_fx="sum"``, so ``compute()`` after a distributed update equals the
-single-process result on all the data (no averaging of per-rank averages, whatever the per-rank sizes).
+single-process result on all the data (no averaging of per-rank averages, whatever the per-rank sizes). A metric
+with nothing to average is NaN, never 0: a run whose pairs were all left out cannot look like a perfect one to a
+monitor such as ``ModelCheckpoint(monitor="val/loss", mode="min")``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.aggregation import SumMetric
 
 from betadpo_lightning.core.losses import pair_rewards
 from betadpo_lightning.core.moments import pooled_moments
@@ -48,8 +51,8 @@ class RewardAccuracy(Metric):
         self.total += chosen_rewards.numel()
 
     def compute(self) -> Tensor:
-        """Accuracy over every pair seen since the last reset (0 when none)."""
-        return (self.correct / self.total.clamp(min=1)).float()
+        """Accuracy over every pair seen since the last reset (NaN when none)."""
+        return (self.correct / self.total).float()
 
 
 class ExactMean(Metric):
@@ -119,7 +122,10 @@ class MomentMetric(Metric):
         self.count += v.numel()
 
     def compute(self) -> tuple[Tensor, Tensor]:
-        """``(mean, std)``; std is 0 with fewer than two values."""
+        """``(mean, std)``: both NaN with no value; std is 0 with one value."""
+        if not bool(self.count > 0):
+            nan = torch.full_like(self.total, float("nan")).float()
+            return nan, nan
         mean, std = pooled_moments(self.count, self.total, self.total_sq)
         return mean.float(), (torch.zeros_like(mean) if std is None else std).float()
 
@@ -129,7 +135,8 @@ class PreferenceMetrics(torch.nn.Module):
 
     Keys of :meth:`compute`: ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``,
     ``logps/chosen``, ``logps/rejected``, ``margins/mean``, ``margins/std`` (the last two are the DPO margins
-    ``h`` without β, the quantity β-DPO calibrates on).
+    ``h`` without β, the quantity β-DPO calibrates on). With no pair since the last reset every value is NaN;
+    :attr:`pairs` counts the pairs they cover (``pairs.compute()``, a collective).
     """
 
     def __init__(self) -> None:
@@ -141,6 +148,7 @@ class PreferenceMetrics(torch.nn.Module):
         self.chosen_logps = exact_mean()
         self.rejected_logps = exact_mean()
         self.margins = MomentMetric()
+        self.pairs = SumMetric()
         self.num_batches = 0
 
     def update(self, pairs: PairData, margins: Tensor, beta: float) -> None:
@@ -160,6 +168,7 @@ class PreferenceMetrics(torch.nn.Module):
         self.chosen_logps.update(pairs.policy_chosen_logps)
         self.rejected_logps.update(pairs.policy_rejected_logps)
         self.margins.update(margins)
+        self.pairs.update(float(len(pairs)))
         self.num_batches += 1
 
     def compute(self) -> dict[str, Tensor]:

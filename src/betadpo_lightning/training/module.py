@@ -18,6 +18,7 @@ from betadpo_lightning.models.building import DType, LoraOptions
 from betadpo_lightning.models.pair_forward import PairForward, ScoringModels
 from betadpo_lightning.models.quantization import Quantization
 from betadpo_lightning.models.reference import FrozenReference, NoReference, ReferenceProvider
+from betadpo_lightning.models.scoring import response_targets
 from betadpo_lightning.models.sharding import close_process_group_at_exit
 from betadpo_lightning.training.checks import check_batch, check_token_ids, check_weights_finite
 from betadpo_lightning.training.decision import BetaProvider, StaticBeta
@@ -172,6 +173,7 @@ class PreferenceModule(PolicyAndReference):
     @override
     def setup(self, stage: str) -> None:
         close_process_group_at_exit()
+        self.static_beta.strategy = self.trainer.strategy  # the training loss's mean counts every rank's pairs
 
     @override
     def on_fit_start(self) -> None:
@@ -205,7 +207,7 @@ class PreferenceModule(PolicyAndReference):
         check_batch(batch)
         pairs = self.forward_pairs(batch)
         margins = self.preference_loss.margins(pairs)  # (B,)
-        has_response = (batch["labels"][:, 1:] != -100).any(-1)  # (2B,)
+        has_response = response_targets(batch).counts() > 0  # (2B,), padded or packed batch
         finite = torch.isfinite(margins) & has_response[: len(pairs)] & has_response[len(pairs) :]
         if stage == "train":
             self._guard.observe(finite, pairs.pair_index, "margin (or a row without response token)")

@@ -4,7 +4,9 @@ Training values are accumulated over every micro-batch since the last logging st
 logging steps: right after an optimizer step that makes ``global_step`` a multiple of ``Trainer(log_every_n_steps)``
 (or when the trainer is stopping), which is when Lightning writes step metrics to its loggers, with or without
 gradient accumulation. Updates are local; the only collectives are the torchmetrics ``compute()`` calls at those
-steps (the same steps on every rank). Evaluation values (``val``, ``test``) cover the whole evaluation run.
+steps (the same steps on every rank). Evaluation values (``val``, ``test``) cover the whole evaluation run; they are
+logged as synced (``sync_dist`` with ``max`` of the values every rank holds alike, which leaves them unchanged), so
+Lightning does not ask for ``sync_dist=True`` under DDP.
 
 The reporter is an ``nn.Module`` whose metrics are registered submodules, so it moves with the module that holds it.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import lightning.pytorch as pl
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor, nn
 
 from betadpo_lightning.core.types import PairData
@@ -35,8 +38,14 @@ class PreferenceReporter(nn.Module):
     """Preference metrics of the ``train``, ``val`` and ``test`` stages, the loss, and β with its statistics.
 
     Keys logged: ``{stage}/{key}`` for every key of :meth:`PreferenceMetrics.compute`, ``{stage}/loss`` (training:
-    window mean of the micro-batch losses; evaluation: mean over every counted pair), ``train/beta`` (mean β of the
-    window) and ``train/beta/<stat>`` for every statistic a decision reports.
+    window mean of the micro-batch losses; evaluation: mean over every counted pair), ``val/pairs`` and
+    ``test/pairs`` (how many pairs the evaluation values cover), ``train/beta`` (mean β of the window) and
+    ``train/beta/<stat>`` for every statistic a decision reports.
+
+    A value with nothing to average is NaN, never 0: an evaluation whose pairs were all left out (non-finite
+    margins, counted by the module in ``{stage}/nonfinite_pairs``) logs NaN for every metric, with ``pairs`` 0 and
+    a warning. A ``ModelCheckpoint`` monitoring such a value counts NaN as the worst score (Lightning replaces it
+    by ±inf), so it never becomes the best checkpoint while a finite one exists.
     """
 
     def __init__(self) -> None:
@@ -105,7 +114,17 @@ class PreferenceReporter(nn.Module):
     def log_evaluation(self, trainer: pl.Trainer, module: pl.LightningModule, stage: str) -> None:
         """Log an evaluation stage's values (``val`` or ``test``) at the end of its run; a collective under DDP."""
         values = {key: value.float() for key, value in self._compute(stage, trainer).items()}
-        module.log_dict(values, on_step=False, on_epoch=True, batch_size=1)
+        if values:
+            values[f"{stage}/pairs"] = self.metrics[f"{stage}_"].pairs.compute().float()
+            if not bool(values[f"{stage}/pairs"] > 0):
+                rank_zero_warn(
+                    f"No {stage} pair was counted (every margin was non-finite or every row lacked a response token; "
+                    f"see `{stage}/nonfinite_pairs`): every `{stage}/` metric is NaN."
+                )
+        # The values are torchmetrics' global ones, the same on every rank. `sync_dist` with `max` tells Lightning so
+        # (it warns about epoch-level values that are not synced) and gives them back exactly (a mean over the ranks
+        # would round them when the number of ranks is not a power of two).
+        module.log_dict(values, on_step=False, on_epoch=True, batch_size=1, sync_dist=True, reduce_fx="max")
         self._reset(stage)
 
     def reset_evaluation(self, stage: str) -> None:

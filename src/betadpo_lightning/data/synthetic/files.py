@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from betadpo_lightning.atomic import atomic_directory
 from betadpo_lightning.data.synthetic.config import SyntheticConfig
 from betadpo_lightning.data.synthetic.generate import SplitName, generate_split
 from betadpo_lightning.data.synthetic.tokenizer import build_synthetic_tokenizer
@@ -68,17 +67,8 @@ def write_synthetic_dataset(config: SyntheticConfig, root: str | os.PathLike[str
     target = synthetic_dir(config, root)
     if target.is_dir():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
+    with atomic_directory(target, replace=False) as staging:  # a concurrent writer may finish first: kept
         for split, path in split_files(config, staging).items():
             _write_jsonl(Path(path), generate_split(config, split))
         build_synthetic_tokenizer().save_pretrained(str(staging / TOKENIZER_FOLDER))
-        try:
-            staging.rename(target)
-        except OSError:
-            if not target.is_dir():  # not a concurrent writer that finished first
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
