@@ -220,6 +220,18 @@ def test_missing_config_file_is_named(capsys, tmp_path):
     _assert_short(message)
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("accelerator", ["gpu", "cuda"])
+def test_a_gpu_config_on_a_cpu_machine_suggests_the_cpu(capsys, accelerator):
+    code, message = _fail(capsys, [f"--trainer.accelerator={accelerator}"])
+    assert code == 1
+    lines = message.splitlines()
+    assert lines[0].startswith("error: trainer")
+    assert "No supported gpu backend" in lines[0] or "CUDA" in lines[0]
+    assert "add --trainer.accelerator cpu" in lines[1]
+    _assert_short(message)
+
+
 # --- Data, models, checkpoints --------------------------------------------------------------------------------------
 
 
@@ -237,7 +249,7 @@ def test_missing_column_names_the_column_options(capsys, tmp_path, tiny_model_di
 def test_bad_row_suggests_on_bad_row_skip(capsys, tmp_path, tiny_model_dir, fixtures_dir):
     code, message = _fail(capsys, _local_model_args(tiny_model_dir, fixtures_dir / "bad_rows.jsonl"), tmp_path)
     assert code == 1
-    assert message.startswith("error: bad preference data: row ")
+    assert message.startswith("error: bad preference data: split 'train', file ")
     assert "data.on_bad_row: skip" in message
     assert "--data.on_bad_row skip" in message
     _assert_short(message)

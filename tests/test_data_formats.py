@@ -73,8 +73,8 @@ def test_missing_column_is_named_with_available_columns():
 def test_forced_format_must_match_the_values():
     text = {"prompt": ["p"], "chosen": ["a"], "rejected": ["b"]}
     messages = {"prompt": ["p"], "chosen": [[assistant("a")]], "rejected": [[assistant("b")]]}
-    with pytest.raises(PreferenceDataError, match="'conversational' expects message lists in 'chosen'"):
-        resolve_format(text, NAMES, "conversational")
+    # Strings forced to "conversational" are one user turn and one assistant turn (rendered with the template).
+    assert resolve_format(text, NAMES, "conversational") == ResolvedFormat("conversational", messages=True)
     with pytest.raises(PreferenceDataError, match="'standard' expects strings in 'chosen'"):
         resolve_format(messages, NAMES, "standard")
 

@@ -138,6 +138,9 @@ def test_lora_run_exports_an_adapter_and_with_merge_lora_a_merged_model(tmp_path
     assert_same_logps(auto, module.policy, batch)
     assert_same_logps(explicit, module.policy, batch)
     assert AutoTokenizer.from_pretrained(str(adapter)).decode([]) == ""
+    # an adapter export is one that --overwrite replaces (every file it wrote, peft's README.md included)
+    assert export(["--ckpt_path", str(checkpoint), "--output_dir", str(adapter), "--overwrite"]) == 0
+    assert {path.name for path in adapter.iterdir()} == names
 
     merged = tmp_path / "merged"
     assert export(["--ckpt_path", str(checkpoint), "--output_dir", str(merged), "--merge_lora"]) == 0

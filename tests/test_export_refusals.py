@@ -34,6 +34,13 @@ def test_output_dir_is_replaced_only_with_overwrite_and_a_missing_tokenizer_is_n
     err = capsys.readouterr().err
     assert_mentions(err, str(out), "--overwrite")
     assert [path.name for path in out.iterdir()] == ["stale.txt"]
+    # --overwrite deletes nothing but an earlier export: a folder holding other files is refused, naming them
+    assert export(["--ckpt_path", str(checkpoint), "--output_dir", str(out), "--overwrite"]) == 1
+    assert_mentions(capsys.readouterr().err, str(out), "stale.txt", "does not write")
+    assert [path.name for path in out.iterdir()] == ["stale.txt"]
+    (out / "stale.txt").unlink()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "README.md"):  # an earlier export
+        (out / name).write_text("an earlier export")
     with pytest.warns(UserWarning, match=r"No tokenizer written .*--tokenizer"):
         assert export(["--ckpt_path", str(checkpoint), "--output_dir", str(out), "--overwrite"]) == 0
     assert "pass --tokenizer" in capsys.readouterr().out

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from betadpo_lightning.commands.plot import PlotError, find_log_dir, main, plot_run, read_metrics
+from betadpo_lightning.commands.plot import (
+    PlotError,
+    find_log_dir,
+    find_run_logs,
+    join_metrics,
+    main,
+    plot_run,
+    read_metrics,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 COLUMNS = ["epoch", "step", "train/loss", "train/beta", "val/loss", "val/rewards/accuracies"]
@@ -57,7 +65,7 @@ def test_plots_of_a_dpo_run(tmp_path, capsys):
     log_dir = tmp_path / "logs" / "version_0"
     _write_metrics(log_dir, _dpo_rows())
     assert main([str(tmp_path)]) == 0
-    plots = log_dir / "plots"
+    plots = tmp_path / "plots"  # a run folder's plots go beside its logs
     # a run without the β-DPO callback's statistics: those plots are skipped
     assert sorted(p.name for p in plots.iterdir()) == ["beta.png", "loss.png", "reward_accuracy.png"]
     for path in plots.iterdir():
@@ -100,3 +108,115 @@ def test_without_matplotlib_the_error_says_what_to_install(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert err.strip() == "error: plots need matplotlib: pip install 'betadpo-lightning[plot]'"
     assert not (tmp_path / "plots").exists()
+
+
+def test_a_log_folder_gets_its_plots_inside(tmp_path, capsys):
+    _write_metrics(tmp_path / "logs" / "version_0", _dpo_rows())
+    assert main([str(tmp_path / "logs" / "version_0")]) == 0
+    assert (tmp_path / "logs" / "version_0" / "plots" / "loss.png").is_file()
+
+
+def _rows(steps, loss, val_steps=(), val_loss=0.5) -> list[dict]:
+    """Training rows after each optimizer step of ``steps`` and validation rows after ``val_steps`` (as written)."""
+    rows = [{"epoch": 0, "step": s - 1, "train/loss": loss(s), "train/beta": 0.1} for s in steps]
+    rows += [{"epoch": 0, "step": s - 1, "val/loss": val_loss} for s in val_steps]
+    return sorted(rows, key=lambda row: row["step"])
+
+
+def _evaluation_rows(stage: str) -> list[dict]:
+    return [{"epoch": 0, "step": 5, f"{stage}/loss": 9.0}]
+
+
+def _config(folder: Path, ckpt_path: str | None) -> None:
+    text = "ckpt_path: null\n" if ckpt_path is None else f"ckpt_path: {ckpt_path}\n"
+    (folder / "config.yaml").write_text("seed_everything: 0\n" + text, encoding="utf-8")
+
+
+def _write_test_metrics(folder: Path, stage: str) -> None:
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text(f"epoch,step,{stage}/loss,{stage}/pairs\n0,5,9.0,16\n", encoding="utf-8")
+
+
+def test_a_resumed_run_is_joined_and_test_folders_are_left_out(tmp_path, capsys):
+    """Fit to step 6 (validation at 3 and 6), a test, then a resume from step 3 to step 8: the plots show steps 1..3
+    of the first part and 4..8 of the resumed one; the first part's steps 4..6 (replaced) and the test are gone."""
+    logs = tmp_path / "logs"
+    _write_metrics(logs / "version_0", _rows(range(1, 7), lambda s: 1.0, val_steps=(3, 6), val_loss=0.7))
+    _config(logs / "version_0", None)
+    _write_test_metrics(logs / "version_1", "test")
+    _config(logs / "version_1", "last")
+    _write_test_metrics(logs / "version_2", "val")  # a `validate`
+    _write_metrics(logs / "version_3", _rows(range(4, 9), lambda s: 2.0, val_steps=(6,), val_loss=0.4))
+    _config(logs / "version_3", "runs/x/checkpoints/step=3.ckpt")
+    found = find_run_logs(tmp_path)
+    assert found.folders == (logs / "version_0", logs / "version_3")
+    assert [(p.name, why) for p, why in found.left_out] == [
+        ("version_1", "validate or test"),
+        ("version_2", "validate or test"),
+    ]
+    series = join_metrics(found.folders)
+    assert series["train/loss"] == ([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0], [1.0] * 3 + [2.0] * 5)
+    assert series["val/loss"] == ([3.0, 6.0], [0.7, 0.4])
+    assert "test/loss" not in series
+    assert find_log_dir(tmp_path) == logs / "version_3"
+    assert main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"2 plots of {logs / 'version_0' / 'metrics.csv'}, {logs / 'version_3' / 'metrics.csv'} in ")
+    assert f"(left out {logs / 'version_1'}: validate or test)" in out
+
+
+def test_a_step_logged_twice_keeps_the_later_value(tmp_path):
+    """A resume that repeats the validation of the step it resumed from: the later value wins."""
+    _write_metrics(tmp_path / "version_0", _rows(range(1, 5), lambda s: 1.0, val_steps=(2, 4), val_loss=0.7))
+    _write_metrics(tmp_path / "version_1", _rows(range(3, 6), lambda s: 2.0, val_steps=(2,), val_loss=0.1))
+    _config(tmp_path / "version_1", "last")
+    series = join_metrics(find_run_logs(tmp_path).folders)
+    assert series["val/loss"] == ([2.0], [0.1])  # val@4 of the first part is after the resume: replaced, not kept
+    assert series["train/loss"] == ([1.0, 2.0, 3.0, 4.0, 5.0], [1.0, 1.0, 2.0, 2.0, 2.0])
+
+
+def test_a_fit_started_over_leaves_the_earlier_run_out(tmp_path):
+    """A fresh fit (no ckpt_path) in the same run folder starts a new run; a SLURM resume (no ckpt_path in its
+    config, but it starts after the run's first step) continues it."""
+    _write_metrics(tmp_path / "logs" / "version_0", _rows(range(1, 7), lambda s: 1.0))
+    _config(tmp_path / "logs" / "version_0", None)
+    _write_metrics(tmp_path / "logs" / "version_1", _rows(range(1, 4), lambda s: 2.0))
+    _config(tmp_path / "logs" / "version_1", None)
+    _write_metrics(tmp_path / "logs" / "version_2", _rows(range(3, 6), lambda s: 3.0))  # no config.yaml
+    found = find_run_logs(tmp_path)
+    assert [p.name for p in found.folders] == ["version_1", "version_2"]
+    assert [(p.name, why) for p, why in found.left_out] == [("version_0", "an earlier run")]
+    assert join_metrics(found.folders)["train/loss"] == ([1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 2.0, 3.0, 3.0, 3.0])
+
+
+def test_a_run_folder_with_only_test_logs_is_a_clear_error(tmp_path, capsys):
+    _write_test_metrics(tmp_path / "logs" / "version_0", "test")
+    assert main([str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith(f"error: no fit in {tmp_path}: ")
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_real_run_resumed_after_a_test_is_plotted_whole(tmp_path, capsys):
+    """``fit`` to step 2, ``test``, ``fit --ckpt_path last`` to step 4 through the command line: the run folder's
+    plots join the two fits and leave the test out."""
+    from betadpo_lightning.commands.cli import main as cli
+
+    config = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
+    base = ["--config", str(config), "--trainer.val_check_interval=2", "--trainer.log_every_n_steps=1"]
+    base += ["--data.synthetic.train_size=32", "--data.synthetic.validation_size=8", "--data.batch_size=4"]
+    base += [f"--trainer.default_root_dir={tmp_path}", f"--data.cache_dir={tmp_path / 'cache'}"]
+    base += ["--trainer.enable_progress_bar=false"]
+    cli(["fit", *base, "--trainer.max_steps=2"])
+    cli(["test", *base, "--ckpt_path=last"])
+    cli(["fit", *base, "--trainer.max_steps=4", "--ckpt_path=last"])
+    logs = tmp_path / "logs"
+    found = find_run_logs(tmp_path)
+    assert found.folders == (logs / "version_0", logs / "version_2")
+    assert found.left_out == ((logs / "version_1", "validate or test"),)
+    series = join_metrics(found.folders)
+    assert series["train/loss"][0] == [1.0, 2.0, 3.0, 4.0]
+    assert series["val/loss"][0] == [2.0, 4.0]
+    capsys.readouterr()
+    assert main([str(tmp_path)]) == 0
+    assert (tmp_path / "plots" / "loss.png").is_file()

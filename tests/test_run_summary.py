@@ -103,15 +103,22 @@ def test_summary_shows_the_final_metrics_and_where_things_are(fit_run):
         str(root / "export"),
     ]
     assert _field(lines, "export") == shlex.join(export)
-    assert _field(lines, "plots") == shlex.join(["python", "-m", "betadpo_lightning.commands.plot", str(log_dir)])
+    sample = ["python", "-m", "betadpo_lightning.commands.sample", "--model", str(root / "export")]
+    assert _field(lines, "sample") == shlex.join([*sample, "--chat_template", "false", "--prompt", "..."])
+    assert _field(lines, "plots") == shlex.join(["python", "-m", "betadpo_lightning.commands.plot", str(root)])
 
 
 @pytest.mark.slow
-def test_progress_bar_counts_steps_without_v_num(fit_run):
+def test_progress_piped_to_a_file_is_one_line_per_logging_step(fit_run):
     _, stdout, stderr, _ = fit_run
     output = stdout + stderr
-    assert f"step {STEPS}/{STEPS} 100%" in output
+    for step in range(1, STEPS + 1):  # log_every_n_steps=1
+        assert stdout.count(f"step {step}/{STEPS} (") == 1, stdout
+    assert f"step {STEPS}/{STEPS} (100%) elapsed " in stdout
     assert "step/s" in output or "s/step" in output
+    validations = [line for line in stdout.splitlines() if line.startswith("validation at step ")]
+    assert [line.split(":")[0] for line in validations] == ["validation at step 2", "validation at step 4"]
+    assert "\r" not in stdout  # no bar redrawn
     assert "v_num" not in output
     assert "Epoch 1/-2" not in output
     assert "Epoch 0" not in output
@@ -124,7 +131,10 @@ def test_no_known_noise_in_the_output(fit_run):
     assert "💡 Tip" not in output
     assert "litlogger" not in output
     assert "isinstance(treespec, LeafSpec)" not in output
-    assert "GPU available" in stderr  # Lightning's own information is still shown
+    for routine in ("GPU available", "TPU available", "Seed set", "Trainable params", "┏"):  # BETADPO_VERBOSE=1
+        assert routine not in output, routine
+    assert "PreferenceModule: 82.2 K trainable parameters, 82.2 K frozen" in stdout  # the model in one line
+    assert "preference data 'train': 64/64 pairs kept" in output  # the library's own information stays
 
 
 @pytest.mark.slow
@@ -142,7 +152,7 @@ def test_plot_command_of_the_summary_writes_the_pngs(fit_run):
     root, stdout, _, final = fit_run
     command = shlex.split(_field(_summary(stdout), "plots"))
     result = _run([sys.executable, *command[1:]], cwd=root)
-    plots = root / "logs" / "version_0" / "plots"
+    plots = root / "plots"
     names = [plot.name for plot in PLOTS]  # a β-DPO run logs them all
     assert sorted(p.stem for p in plots.glob("*.png")) == sorted(names)
     for name in names:

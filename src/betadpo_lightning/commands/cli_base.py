@@ -22,7 +22,7 @@ from typing_extensions import override
 
 from betadpo_lightning.commands.cli_errors import MissingCheckpointError, explain, report
 from betadpo_lightning.commands.cli_options import config_error, option_names, parse_error
-from betadpo_lightning.commands.console import quiet_known_noise
+from betadpo_lightning.commands.console import quiet_known_noise, verbose_requested
 from betadpo_lightning.commands.progress import StepProgressBar
 from betadpo_lightning.commands.run_summary import RunSummary
 
@@ -112,6 +112,8 @@ class RunCLI(LightningCLI):
         if trainer_config.get("logger") in (None, True):  # the default logger follows default_root_dir
             root = trainer_config.get("default_root_dir") or os.getcwd()
             trainer_config["logger"] = CSVLogger(save_dir=root, name="logs")
+        if trainer_config.get("enable_model_summary") is None:  # the table on request; RunSummary prints one line
+            trainer_config["enable_model_summary"] = verbose_requested()
         configured = [*(trainer_config.get("callbacks") or []), *callbacks]
         if trainer_config.get("enable_progress_bar") is not False and not _has(configured, ProgressBar):
             callbacks.append(StepProgressBar())

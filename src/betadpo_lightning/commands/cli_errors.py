@@ -18,7 +18,9 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from betadpo_lightning.data.errors import PreferenceDataError
+from betadpo_lightning.models.cache_integrity import DamagedCacheError
 from betadpo_lightning.models.hub import HubUnavailableError
+from betadpo_lightning.models.policy_checkpoint import CheckpointError
 
 __all__ = ["TRACEBACK_ENV", "CLIError", "MissingCheckpointError", "explain", "report"]
 
@@ -37,6 +39,15 @@ COLUMN_OPTIONS = "data.prompt_column, data.chosen_column and data.rejected_colum
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FloatingPointError, FileNotFoundError)
 """Errors whose message is written for users (the library's checks): shown short, wherever they are raised."""
+
+NO_ACCELERATOR = ("No supported gpu backend found", "can not run on your system since the accelerator is not available")
+"""Lightning's messages for a ``trainer.accelerator`` this machine does not have (``gpu``, ``cuda``, ``mps``, ...)."""
+
+CPU_HINT = (
+    "No GPU is usable here: to run on the CPU, add --trainer.accelerator cpu (and --trainer.precision 32-true: the "
+    "GPU configs' bf16-mixed is slow on most CPUs)."
+)
+"""The hint added to :data:`NO_ACCELERATOR` messages."""
 
 
 class CLIError(Exception):
@@ -102,18 +113,30 @@ def _data(error: PreferenceDataError) -> CLIError:
 def explain(error: BaseException) -> CLIError | None:
     """The short explanation of ``error``, or ``None`` for an error that is not a user's mistake.
 
+    A configured accelerator that the machine does not have gets the hint to run on the CPU (:data:`CPU_HINT`).
+
     Args:
         error: the exception that ended the command.
 
     Returns:
         The :class:`CLIError` to print, or ``None`` (leave the traceback to Python).
     """
+    explained = _explain(error)
+    missing = explained is not None and any(text in explained.message for text in NO_ACCELERATOR)
+    if missing and explained is not None and CPU_HINT not in explained.hints:
+        return CLIError(explained.message, [CPU_HINT, *explained.hints], explained.exit_code)
+    return explained
+
+
+def _explain(error: BaseException) -> CLIError | None:
     if isinstance(error, CLIError):
         return error
     if isinstance(error, HubUnavailableError):
         return _hub(error)
     if isinstance(error, PreferenceDataError):
         return _data(error)
+    if isinstance(error, CheckpointError | DamagedCacheError):  # the message names the file and what to do
+        return CLIError(str(error))
     if isinstance(error, MissingCheckpointError):
         return CLIError(
             str(error),

@@ -19,17 +19,17 @@ unquantised (a QLoRA run merges into the full-precision base).
 The tokenizer is ``--tokenizer`` if given, else the one the run recorded (see :mod:`~.run_tokenizer`);
 without one the model is written alone, with a warning. Weights are written in ``--dtype`` (default: the dtype the
 checkpoint stores the policy in), and never when any of them is NaN or infinite. The output directory must be empty
-or absent; ``--overwrite`` replaces it (the export is written beside it first and moved into place at the end).
+or absent; ``--overwrite`` replaces an earlier export there (the export is written beside it first and moved into
+place at the end), and refuses a directory holding anything an export does not write (see :data:`EXPORT_FILES`),
+naming those files, rather than delete them.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import itertools
-import os
-import shutil
 import sys
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from betadpo_lightning.atomic import atomic_directory
 from betadpo_lightning.commands.export_summary import ExportSummary
 from betadpo_lightning.commands.run_tokenizer import FoundTokenizer, TokenizerError, find_tokenizer
 from betadpo_lightning.models.policy_checkpoint import (
@@ -48,9 +49,20 @@ from betadpo_lightning.models.policy_checkpoint import (
     read_policy_checkpoint,
 )
 
-__all__ = ["DTYPES", "ExportError", "export_checkpoint", "main"]
+__all__ = ["DTYPES", "EXPORT_FILES", "ExportError", "export_checkpoint", "main"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+EXPORT_FILES = (
+    # the model's (transformers' save_pretrained), the adapter's (peft's, with its model card README.md)
+    *("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors"),
+    *("model.safetensors.index.json", "adapter_config.json", "adapter_model.safetensors", "README.md"),
+    # the tokenizer's, whatever its kind
+    *("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json"),
+    *("vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "*.tiktoken", "chat_template.jinja"),
+    *("chat_template.json", "additional_chat_templates"),
+)
+"""Names (``fnmatch`` patterns) of what an export writes: the only entries ``--overwrite`` replaces."""
 
 _LOAD_OVERRIDES = {"quantization": None, "gradient_checkpointing": False, "dropout": True, "attn_implementation": None}
 """Policy options that only matter for training: the exported config keeps the model's own dropout and cache
@@ -81,15 +93,15 @@ def export_checkpoint(
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"`` (``None``: the dtype of the stored policy).
         tokenizer: a hub name or folder of the tokenizer (``None``: the one the run recorded).
         merge_lora: merge the LoRA adapters into the base and write a full model.
-        overwrite: replace a non-empty ``output_dir``.
+        overwrite: replace an earlier export in ``output_dir`` (refused when it holds other files).
 
     Returns:
         What was written where.
 
     Raises:
         CheckpointError: for a file or folder that is not a ``PreferenceModule`` checkpoint.
-        ExportError: for a non-empty ``output_dir`` without ``overwrite``, a non-finite weight, or LoRA options that
-            do not fit the checkpoint.
+        ExportError: for a non-empty ``output_dir`` without ``overwrite``, one holding files no export writes, a
+            non-finite weight, or LoRA options that do not fit the checkpoint.
         TokenizerError: when ``tokenizer`` cannot be loaded or has more tokens than the policy's vocabulary.
     """
     ckpt_path, output = Path(ckpt_path), Path(output_dir)
@@ -99,10 +111,7 @@ def export_checkpoint(
     checkpoint = read_policy_checkpoint(ckpt_path)
     _check_lora_options(checkpoint, ckpt_path, merge_lora)
     _check_finite(checkpoint["state_dict"].items(), ckpt_path)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.export-", dir=output.parent))
-    staging.chmod(0o777 & ~_umask())  # mkdtemp's folder is private; the export gets the usual permissions
-    try:
+    with atomic_directory(output) as staging:  # written beside `output`, which it replaces once complete
         policy = _load_policy(checkpoint, staging, dtype)
         model = policy.merge_and_unload() if merge_lora else policy
         if dtype is not None:
@@ -111,10 +120,6 @@ def export_checkpoint(
         rows = int(model.get_input_embeddings().weight.shape[0])
         found = find_tokenizer(checkpoint, ckpt_path, rows, tokenizer)
         summary = _write(model, found, staging, output, ckpt_path, merge_lora)
-        _move_into_place(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     if found.tokenizer is None:
         warnings.warn(
             f"No tokenizer written to {output}: {found.source}. Pass --tokenizer NAME_OR_DIR (the tokenizer the "
@@ -125,17 +130,23 @@ def export_checkpoint(
     return summary
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _check_output_dir(output: Path, overwrite: bool) -> None:
     if output.exists() and not output.is_dir():
         raise ExportError(f"--output_dir {output} is a file; give a directory")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise ExportError(f"--output_dir {output} is not empty; pass --overwrite to replace its contents")
+    others = sorted(_not_exported(output)) if output.is_dir() else []
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise ExportError(
+            f"--output_dir {output} holds files that an export does not write: {shown}; --overwrite replaces an "
+            "earlier export only: move those files away, or export to another folder"
+        )
+
+
+def _not_exported(output: Path) -> list[str]:
+    """The entries of ``output`` that are no export's (:data:`EXPORT_FILES`)."""
+    return [p.name for p in output.iterdir() if not any(fnmatch.fnmatchcase(p.name, n) for n in EXPORT_FILES)]
 
 
 def _check_lora_options(checkpoint: dict[str, Any], ckpt_path: Path, merge_lora: bool) -> None:
@@ -166,8 +177,8 @@ def _load_policy(checkpoint: dict[str, Any], staging: Path, dtype: str | None) -
         # the quantisation state its frozen layers kept (bitsandbytes' absmax, quant_map, SCB, ... under base_layer)
         state = {key: value for key, value in checkpoint["state_dict"].items() if ".base_layer." not in key}
         checkpoint = {**checkpoint, "state_dict": state}
-    file = staging / "policy.ckpt"  # the policy's part of the checkpoint, in the single-file layout
-    torch.save(checkpoint, file)
+    file = staging / "policy.ckpt"  # the policy's part of the checkpoint, in the single-file layout; a scratch
+    torch.save(checkpoint, file)  # file inside the staging folder (itself written atomically), deleted below
     try:
         module = PreferenceModule.load_from_checkpoint(file, map_location="cpu", weights_only=True, **overrides)
     finally:
@@ -227,12 +238,6 @@ def _complete_generation_config(model: nn.Module, tokenizer: PreTrainedTokenizer
         config.eos_token_id = tokenizer.eos_token_id
 
 
-def _move_into_place(staging: Path, output: Path) -> None:
-    if output.is_dir():
-        shutil.rmtree(output)  # empty, or replaced under --overwrite (checked before anything was written)
-    staging.rename(output)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="betadpo-export",
@@ -244,7 +249,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="dtype of the written weights (default: as stored)")
     parser.add_argument("--tokenizer", help="hub name or folder of the tokenizer (default: the one the run used)")
     parser.add_argument("--merge_lora", action="store_true", help="LoRA runs: write the merged model, not adapters")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output_dir")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier export in --output_dir (nothing else is deleted)"
+    )
     return parser
 
 

@@ -1,10 +1,14 @@
 """Plots of a run's CSV logs: ``python -m betadpo_lightning.commands.plot RUN [--output DIR]`` (or ``betadpo-plot``).
 
-``RUN`` is a log folder holding ``metrics.csv`` (``runs/quickstart/logs/version_0``) or a run's
-``default_root_dir`` (``runs/quickstart``), whose newest ``logs/version_N`` is used. One PNG per quantity goes to
-``--output`` (default ``<log folder>/plots``): loss, reward accuracy and reward margins over optimizer steps for
-training and validation, and for β-DPO the batch β, the margin statistics M0 and σ and the fraction of pairs kept.
-A quantity the run did not log is skipped. Needs matplotlib (``pip install 'betadpo-lightning[plot]'``).
+``RUN`` is a run's ``default_root_dir`` (``runs/quickstart``) or one log folder holding ``metrics.csv``
+(``runs/quickstart/logs/version_0``). In a run folder, every command writes its own ``logs/version_N``: the plots
+join the folders of the run's latest fit, in order, resumes included (a fit resumed with ``--ckpt_path`` continues
+the fit before it; a step logged by both keeps the resumed run's value, and what the earlier part logged from the
+resumed step on is replaced), and leave out the folders of ``validate`` and ``test`` (their logs hold no ``train/``
+metric) and of earlier fits started over. One PNG per quantity goes to ``--output`` (default: ``RUN/plots``): loss,
+reward accuracy and reward margins over optimizer steps for training and validation, and for β-DPO the batch β, the
+margin statistics M0 and σ and the fraction of pairs kept. A quantity the run did not log is skipped. Needs
+matplotlib (``pip install 'betadpo-lightning[plot]'``).
 """
 
 from __future__ import annotations
@@ -18,7 +22,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PLOTS", "Plot", "find_log_dir", "main", "plot_run", "read_metrics"]
+from betadpo_lightning.atomic import atomic_write
+
+__all__ = [
+    "PLOTS",
+    "Plot",
+    "RunLogs",
+    "find_log_dir",
+    "find_run_logs",
+    "join_metrics",
+    "main",
+    "plot_run",
+    "read_metrics",
+]
 
 
 @dataclass(frozen=True)
@@ -55,27 +71,94 @@ class PlotError(Exception):
     """A run folder without logs to plot, or matplotlib missing."""
 
 
-def find_log_dir(run: Path) -> Path:
-    """The folder of ``metrics.csv``: ``run`` itself, or the newest ``logs/version_N`` (or ``version_N``) in it.
+@dataclass(frozen=True)
+class RunLogs:
+    """The log folders of one run, oldest first, and those of the run folder that were left out.
+
+    Attributes:
+        folders: the folders whose ``metrics.csv`` are joined (one, unless the run was resumed).
+        left_out: the other log folders, with the reason (``"validate or test"``, ``"an earlier run"``).
+    """
+
+    folders: tuple[Path, ...]
+    left_out: tuple[tuple[Path, str], ...] = ()
+
+
+def find_run_logs(run: Path) -> RunLogs:
+    """The log folders to plot: ``run`` itself when it holds ``metrics.csv``, else its latest fit's folders.
+
+    The ``logs/version_N`` (or ``version_N``) folders with a ``metrics.csv`` are taken in version order. A folder
+    without any ``train/`` column is a ``validate`` or ``test`` run's and is left out. A fit's folder continues the
+    fit before it when it was resumed: its ``config.yaml`` (written by the command line) names a ``ckpt_path``, or,
+    without one (SLURM resumes without ``--ckpt_path``), its first logged step comes after the first step of that
+    fit. Otherwise it starts a new run, and the folders before it are left out.
 
     Raises:
-        PlotError: when neither holds a ``metrics.csv``.
+        PlotError: when no folder holds a ``metrics.csv`` of a fit.
     """
     if (run / "metrics.csv").is_file():
-        return run
+        return RunLogs((run,))
     versions = [p for pattern in ("logs/version_*", "version_*") for p in run.glob(pattern) if p.is_dir()]
-    versions = [p for p in versions if (p / "metrics.csv").is_file()]
+    versions = sorted((p for p in versions if (p / "metrics.csv").is_file()), key=lambda p: (_version(p), _mtime(p)))
     if not versions:
         raise PlotError(
             f"no metrics.csv in {run} nor in {run / 'logs' / 'version_N'}: give a run's log folder (with metrics.csv, "
             "written by the CSV logger) or its default_root_dir"
         )
-    return max(versions, key=lambda p: (_version(p), p.stat().st_mtime))
+    fits = [p for p in versions if _has_training(p / "metrics.csv")]
+    left_out = [(p, "validate or test") for p in versions if p not in fits]
+    if not fits:
+        raise PlotError(f"no fit in {run}: its metrics.csv files hold no train/ metric (validate or test runs only)")
+    start, first_step = 0, _first_step(fits[0])
+    for index, folder in enumerate(fits[1:], 1):
+        step = _first_step(folder)
+        if not _resumed(folder) and (step is None or first_step is None or step <= first_step):
+            left_out += [(p, "an earlier run") for p in fits[start:index]]
+            start, first_step = index, step
+    return RunLogs(tuple(fits[start:]), tuple(sorted(left_out, key=lambda item: _version(item[0]))))
+
+
+def find_log_dir(run: Path) -> Path:
+    """The newest log folder of the run :func:`find_run_logs` finds (``run`` itself when it holds ``metrics.csv``).
+
+    Raises:
+        PlotError: when there is none.
+    """
+    return find_run_logs(run).folders[-1]
 
 
 def _version(path: Path) -> int:
     match = re.fullmatch(r"version_(\d+)", path.name)
     return int(match.group(1)) if match else -1
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime
+
+
+def _has_training(path: Path) -> bool:
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle), [])
+    return any(column.startswith("train/") for column in header)
+
+
+def _first_step(folder: Path) -> float | None:
+    steps = [steps[0] for steps, _ in read_metrics(folder / "metrics.csv").values() if steps]
+    return min(steps) if steps else None
+
+
+def _resumed(folder: Path) -> bool:
+    """Whether the command line's ``config.yaml`` of this log folder names a checkpoint the fit resumed from."""
+    path = folder / "config.yaml"
+    if not path.is_file():
+        return False
+    try:
+        import yaml
+
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except Exception:  # an unreadable config says nothing: the steps decide
+        return False
+    return isinstance(config, dict) and config.get("ckpt_path") not in (None, "")
 
 
 def read_metrics(path: Path) -> Series:
@@ -100,6 +183,34 @@ def read_metrics(path: Path) -> Series:
     return series
 
 
+def join_metrics(folders: Sequence[Path]) -> Series:
+    """The series of a run logged in several folders (oldest first): :func:`read_metrics` of each, joined.
+
+    A folder takes over from the first training step it logged: the values of earlier folders from that step on are
+    dropped (the resumed run replaced them); a step logged twice keeps the later value (a validation that the
+    resumed run repeats at the step it resumed from).
+    """
+    joined: dict[str, dict[float, float]] = {}
+    for folder in folders:
+        series = read_metrics(folder / "metrics.csv")
+        training = [steps[0] for column, (steps, _) in series.items() if steps and column.startswith("train/")]
+        starts = training or [steps[0] for steps, _ in series.values() if steps]
+        if not starts:
+            continue
+        first = min(starts)
+        for points in joined.values():
+            for step in [step for step in points if step >= first]:
+                del points[step]
+        for column, (steps, values) in series.items():
+            joined.setdefault(column, {}).update(zip(steps, values, strict=True))
+    result: Series = {}
+    for column, points in joined.items():
+        ordered = sorted(points.items())
+        if ordered:
+            result[column] = ([step for step, _ in ordered], [value for _, value in ordered])
+    return result
+
+
 def _float(text: str | None) -> float | None:
     try:
         value = float(text) if text not in (None, "") else None
@@ -108,8 +219,12 @@ def _float(text: str | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def plot_run(log_dir: Path, output: Path) -> list[Path]:
-    """Draw the :data:`PLOTS` that ``log_dir/metrics.csv`` has data for into ``output``; return the files written.
+def plot_run(logs: Path | Sequence[Path], output: Path) -> list[Path]:
+    """Draw the :data:`PLOTS` that the logs have data for into ``output``; return the files written.
+
+    Args:
+        logs: a folder holding ``metrics.csv``, or the folders of one run, oldest first (:func:`join_metrics`).
+        output: the folder of the PNGs.
 
     Raises:
         PlotError: without matplotlib.
@@ -118,7 +233,7 @@ def plot_run(log_dir: Path, output: Path) -> list[Path]:
         from matplotlib.figure import Figure
     except ImportError as error:
         raise PlotError("plots need matplotlib: pip install 'betadpo-lightning[plot]'") from error
-    series = read_metrics(log_dir / "metrics.csv")
+    series = join_metrics([logs] if isinstance(logs, Path) else logs)
     output.mkdir(parents=True, exist_ok=True)
     written = []
     for plot in PLOTS:
@@ -136,7 +251,7 @@ def plot_run(log_dir: Path, output: Path) -> list[Path]:
         axes.grid(alpha=0.3)
         axes.legend()
         path = output / f"{plot.name}.png"
-        figure.savefig(path, dpi=100)
+        atomic_write(path, lambda file, figure=figure: figure.savefig(file, format="png", dpi=100))
         written.append(path)
     return written
 
@@ -146,21 +261,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m betadpo_lightning.commands.plot", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("run", type=Path, help="a log folder with metrics.csv, or a run's default_root_dir")
-    parser.add_argument("--output", type=Path, default=None, help="folder of the PNGs (default: <log folder>/plots)")
+    parser.add_argument("run", type=Path, help="a run's default_root_dir, or a log folder with metrics.csv")
+    parser.add_argument("--output", type=Path, default=None, help="folder of the PNGs (default: RUN/plots)")
     args = parser.parse_args(argv)
     try:
-        log_dir = find_log_dir(args.run)
-        written = plot_run(log_dir, args.output if args.output is not None else log_dir / "plots")
+        logs = find_run_logs(args.run)
+        written = plot_run(logs.folders, args.output if args.output is not None else args.run / "plots")
     except PlotError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    files = ", ".join(str(folder / "metrics.csv") for folder in logs.folders)
     if not written:
-        print(f"error: {log_dir / 'metrics.csv'} has none of the plotted metrics", file=sys.stderr)
+        print(
+            f"error: {files} {'has' if len(logs.folders) == 1 else 'have'} none of the plotted metrics", file=sys.stderr
+        )
         return 1
-    print(f"{len(written)} plots of {log_dir / 'metrics.csv'} in {written[0].parent}:")
+    print(f"{len(written)} plots of {files} in {written[0].parent}:")
     for path in written:
         print(f"  {path.name}")
+    for folder, reason in logs.left_out:
+        print(f"  (left out {folder}: {reason})")
     return 0
 
 

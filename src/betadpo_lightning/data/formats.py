@@ -4,13 +4,16 @@ Three formats are understood:
 
 * ``"standard"``: ``prompt``, ``chosen`` and ``rejected`` are strings; the responses continue the prompt.
 * ``"conversational"``: rendered with the tokenizer's chat template. ``prompt`` is a string (one user turn) or a
-  message list; ``chosen`` and ``rejected`` are message lists, single message dicts or strings (one assistant turn;
-  only with a message-list prompt). A response list is either the full conversation starting with the prompt
-  messages or only the turn(s) that follow the prompt. Messages are ``{"role", "content"}`` or ShareGPT
+  message list; ``chosen`` and ``rejected`` are message lists, single message dicts or strings (one assistant turn).
+  Rows of strings only are detected as ``"standard"``; forced to ``"conversational"``, each is rendered as one user
+  turn and one assistant turn. A response list is either the full conversation starting with the prompt messages or
+  only the turn(s) that follow the prompt; without a prompt column, whole conversations are read as ``"implicit"``
+  message lists (also when ``"conversational"`` is forced). Messages are ``{"role", "content"}`` or ShareGPT
   ``{"from", "value"}`` dicts (see :mod:`betadpo_lightning.data.messages`). LLaMA-Factory's ShareGPT preference
   layout (``conversations`` holding the prompt turns, ``chosen``/``rejected`` single ``{"from": "gpt", ...}``
   messages) is recognised: without the configured prompt column, a ``conversations`` column of message lists is the
-  prompt.
+  prompt. LLaMA-Factory's v1 layout (``chosen_messages`` and ``rejected_messages``, whole conversations) is
+  recognised too: without the configured ``chosen``/``rejected`` columns, those two columns are the responses.
 * ``"implicit"``: there is no prompt column; the prompt is the part that ``chosen`` and ``rejected`` share (see
   :mod:`betadpo_lightning.data.implicit`). The values are strings (Anthropic HH style) or message lists.
 """
@@ -26,6 +29,7 @@ from betadpo_lightning.data.messages import Message, as_messages
 
 __all__ = [
     "SHAREGPT_PROMPT_COLUMN",
+    "V1_RESPONSE_COLUMNS",
     "ColumnNames",
     "DataFormat",
     "FormatOption",
@@ -43,6 +47,9 @@ ValueKind = Literal["text", "messages", "message"]
 
 SHAREGPT_PROMPT_COLUMN = "conversations"
 """The column that holds the prompt turns in LLaMA-Factory's ShareGPT layout; used when the prompt column is absent."""
+
+V1_RESPONSE_COLUMNS = ("chosen_messages", "rejected_messages")
+"""The response columns of LLaMA-Factory's v1 preference layout; used when the configured ones are absent."""
 
 _SAMPLE_ROWS = 100
 
@@ -72,11 +79,20 @@ class ResolvedFormat:
             whether ``chosen``/``rejected`` are message lists).
         prompt: The column the prompt is read from when it is not the configured one (``"conversations"`` for
             LLaMA-Factory's ShareGPT layout), else ``None``.
+        responses: The ``(chosen, rejected)`` columns when they are not the configured ones (LLaMA-Factory's v1
+            ``chosen_messages``/``rejected_messages``), else ``None``.
     """
 
     format: DataFormat
     messages: bool
     prompt: str | None = None
+    responses: tuple[str, str] | None = None
+
+    def columns(self, names: ColumnNames) -> ColumnNames:
+        """The column names rows are read with: ``names`` with the columns this format found in their place."""
+        prompt = self.prompt if self.prompt is not None else names.prompt
+        chosen, rejected = self.responses if self.responses is not None else (names.chosen, names.rejected)
+        return ColumnNames(prompt, chosen, rejected)
 
 
 def _value_kind(values: Sequence[object], column: str) -> ValueKind:
@@ -116,6 +132,12 @@ def _prompt_column(columns: dict[str, list[object]], names: ColumnNames) -> str 
     return None
 
 
+def _response_columns(columns: dict[str, list[object]], names: ColumnNames) -> tuple[str, str] | None:
+    """LLaMA-Factory's v1 response columns, when the configured ones are both absent and those are both present."""
+    absent = names.chosen not in columns and names.rejected not in columns
+    return V1_RESPONSE_COLUMNS if absent and all(c in columns for c in V1_RESPONSE_COLUMNS) else None
+
+
 def check_columns(available: Sequence[str], required: Sequence[str]) -> None:
     """Raise if a required column is missing.
 
@@ -142,9 +164,13 @@ def resolve_format(
     """Detect (or check a forced) format from the first rows of a split.
 
     The prompt column is the configured one, or, when the data has none, a ``conversations`` column of message lists
-    (LLaMA-Factory's ShareGPT layout). A split with a prompt column is ``"conversational"`` when its responses are
-    message lists or single messages, or its prompts are message lists, and ``"standard"`` otherwise; a split without
-    one is ``"implicit"``. A forced ``"implicit"`` ignores a prompt column.
+    (LLaMA-Factory's ShareGPT layout); the response columns are the configured ones, or, when both are absent,
+    LLaMA-Factory's v1 ``chosen_messages``/``rejected_messages``. A split with a prompt column is
+    ``"conversational"`` when its responses are message lists or single messages, or its prompts are message lists,
+    and ``"standard"`` otherwise; a split without one is ``"implicit"``. A forced ``"implicit"`` ignores a prompt
+    column; a forced ``"conversational"`` takes string rows as one user turn and one assistant turn, and whole
+    conversations without a prompt column (TRL's UltraFeedback, LLaMA-Factory's v1 layout) as implicit-prompt
+    message lists, which the chat template renders all the same.
 
     Args:
         columns: The first rows of the split, column-wise (e.g. ``dataset[:100]``).
@@ -161,14 +187,19 @@ def resolve_format(
         >>> sharegpt = {"conversations": [[{"from": "human", "value": "Hi"}]],
         ...             "chosen": [{"from": "gpt", "value": "Hello!"}], "rejected": [{"from": "gpt", "value": "Go."}]}
         >>> resolve_format(sharegpt, ColumnNames())
-        ResolvedFormat(format='conversational', messages=True, prompt='conversations')
+        ResolvedFormat(format='conversational', messages=True, prompt='conversations', responses=None)
     """
+    responses = _response_columns(columns, names)
+    if responses is not None:
+        names = ColumnNames(names.prompt, *responses)
     check_columns(list(columns), [names.chosen, names.rejected])
     kind = _value_kind(columns[names.chosen][:_SAMPLE_ROWS], names.chosen)
     prompt = _prompt_column(columns, names)
     prompt_kind = _first_kind(columns[prompt][:_SAMPLE_ROWS]) if prompt is not None else None
     fmt: DataFormat
-    if requested != "auto":
+    if requested == "conversational" and prompt is None and kind == "messages":
+        fmt = "implicit"  # whole conversations without a prompt column: the prompt is their shared messages
+    elif requested != "auto":
         fmt = requested
     elif prompt is None:
         fmt = "implicit"
@@ -182,7 +213,7 @@ def resolve_format(
                 field=names.chosen,
                 reason="bad_messages",
             )
-        return ResolvedFormat(format=fmt, messages=kind == "messages")
+        return ResolvedFormat(format=fmt, messages=kind == "messages", responses=responses)
     if prompt is None or (fmt == "standard" and prompt != names.prompt):
         check_columns(list(columns), [names.prompt])
     if fmt == "standard" and kind != "text":
@@ -191,15 +222,12 @@ def resolve_format(
             field=names.chosen,
             reason="not_text",
         )
-    if fmt == "conversational" and kind == "text" and prompt_kind != "messages":
-        raise PreferenceDataError(
-            f"format 'conversational' expects message lists in '{names.chosen}' (or in '{prompt}'), found strings "
-            "(use 'standard')",
-            field=names.chosen,
-            reason="bad_messages",
-        )
+    # A forced "conversational" on strings renders each row as one user turn and one assistant turn.
     return ResolvedFormat(
-        format=fmt, messages=fmt == "conversational", prompt=None if prompt == names.prompt else prompt
+        format=fmt,
+        messages=fmt == "conversational",
+        prompt=None if prompt == names.prompt else prompt,
+        responses=responses,
     )
 
 

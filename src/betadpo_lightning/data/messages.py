@@ -10,14 +10,16 @@ Accepted message layouts:
   ``unsupported_role``: chat templates take tool calls as structured ``tool_calls`` entries, which a ShareGPT turn
   does not carry, and rendering them as plain turns would train on a layout the model never sees.
 
-A ``content`` is a string, or a list of parts as in the OpenAI / multimodal layout
-(``[{"type": "text", "text": "..."}]``). Text parts are joined, in order and with nothing in between, into one
-string, and the message is handed to the chat template with that string as its content. This is what templates
-that iterate over parts render for text parts (they write ``part['text']`` one after another), and it is the only
-form that templates written for string contents understand: Qwen3's, for instance, renders a non-string content as
-an empty string, which would silently drop the text. A part of any other type (an image, audio, ...) is refused with
-reason ``non_text_content``, since a text-only model cannot be trained on it. Keys whose value is ``None`` are
-dropped first (``datasets`` fills the keys that other rows have with ``None``).
+A ``content`` is a string, or a list of parts: ``{"type": "text", "text": "..."}`` as in the OpenAI / multimodal
+layout, or ``{"type": "text", "value": "..."}`` as LLaMA-Factory's v1 data layout writes them (whose messages also
+carry a ``loss_weight``, kept and ignored by chat templates). Text parts are joined, in order and with nothing in
+between, into one string, and the message is handed to the chat template with that string as its content. This is
+what templates that iterate over parts render for text parts (they write ``part['text']`` one after another), and it
+is the only form that templates written for string contents understand: Qwen3's, for instance, renders a non-string
+content as an empty string, which would silently drop the text. A part of any other type (an image, audio, a
+LLaMA-Factory ``tool_call``, ...) is refused with reason ``non_text_content`` (counted under ``on_bad_row="skip"``),
+since a text-only model cannot be trained on it. Keys whose value is ``None`` are dropped first (``datasets`` fills
+the keys that other rows have with ``None``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 
 SHAREGPT_UNSUPPORTED = ("function_call", "observation", "tool", "function")
 """ShareGPT ``from`` values of tool calls and tool results, which are refused."""
+
+_TOOL_PARTS = ("tool_call", "tool_calls", "function_call")
+"""Content part types of tool calls (LLaMA-Factory v1 writes ``{"type": "tool_call", "value": ...}``)."""
 
 
 def as_messages(value: object, row: int, field: str) -> list[Message]:
@@ -163,17 +168,23 @@ def _join_text_parts(parts: list[object], row: int, field: str, position: int) -
     for number, part in enumerate(parts):
         if not isinstance(part, dict):
             return None
-        present = sorted(key for key, item in part.items() if item is not None)
-        kind, text = part.get("type"), part.get("text")
+        present = {key: item for key, item in part.items() if item is not None}
+        kind = present.get("type")
+        text = present.get("text", present.get("value"))  # OpenAI's "text", LLaMA-Factory v1's "value"
         if kind == "text" and isinstance(text, str):
             texts.append(text)
             continue
         if kind == "text" or (kind is None and (text is not None or not present)):
             return None
-        shown = kind if kind is not None else present
+        shown = kind if kind is not None else sorted(present)
+        detail = (
+            "tool calls are not supported: chat templates take them as structured 'tool_calls'"
+            if kind in _TOOL_PARTS
+            else "only text parts can be trained on by a text-only model"
+        )
         raise PreferenceDataError(
-            f"message {position}: content part {number} is of type {shown!r}; only text parts "
-            "({'type': 'text', 'text': ...}) can be trained on by a text-only model",
+            f"message {position}: content part {number} is of type {shown!r}; {detail} "
+            "(expected {'type': 'text', 'text': ...} or {'type': 'text', 'value': ...})",
             row=row,
             field=field,
             reason="non_text_content",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +22,13 @@ from datasets.fingerprint import Hasher
 from transformers import PreTrainedTokenizerBase
 
 import betadpo_lightning
-from betadpo_lightning.data import boundary, formats, implicit, messages, render, tokenize, truncation
+from betadpo_lightning.data import boundary, formats, implicit, long_texts, messages, render, tokenize, truncation
+from betadpo_lightning.data.errors import PreferenceDataError
 from betadpo_lightning.data.formats import ColumnNames, FormatOption, resolve_format
+from betadpo_lightning.data.long_texts import BoundedRenderer, max_text_chars
+from betadpo_lightning.data.processes import tokenization_processes
 from betadpo_lightning.data.render import ChatTemplateOption, PairRenderer
+from betadpo_lightning.data.row_origins import describe_row
 from betadpo_lightning.data.tokenize import STATUS_OK, TOKENIZED_FEATURES, BadRowPolicy, PairTokenizer
 from betadpo_lightning.data.truncation import TruncationLimits
 
@@ -55,7 +60,7 @@ class TokenizationSpec:
 def code_fingerprint() -> str:
     """Hash of the source code that turns rows into tokenized pairs (of the package version without sources)."""
     try:
-        modules = (boundary, formats, implicit, messages, render, tokenize, truncation)
+        modules = (boundary, formats, implicit, long_texts, messages, render, tokenize, truncation)
         return Hasher.hash([inspect.getsource(module) for module in modules])
     except OSError:
         return Hasher.hash(["betadpo_lightning", betadpo_lightning.__version__])
@@ -90,20 +95,25 @@ def tokenize_split(
         raw: The raw split.
         tokenizer: The tokenizer.
         spec: How to tokenize.
-        split: The split's name (for progress messages).
-        num_proc: Processes for ``datasets.map`` (``None``: in this process).
+        split: The split's name (for progress messages and the location of a bad row).
+        num_proc: Processes for ``datasets.map``, at most the CPUs (``None``: as the rows make worth it, one process
+            for small splits; see :func:`~betadpo_lightning.data.processes.tokenization_processes`).
 
     Returns:
         A dataset with the columns of :data:`~betadpo_lightning.data.tokenize.TOKENIZED_FEATURES`, one row per raw
-        row, read from the cache when the same inputs were tokenized before.
+        row, read from the cache when the same inputs were tokenized before. Texts longer than truncation can keep
+        are cut before they are tokenized (:mod:`~betadpo_lightning.data.long_texts`).
 
     Raises:
         PreferenceDataError: If a column is missing, the tokenizer cannot render the format, or (with
-            ``on_bad_row="error"``) a row is bad.
+            ``on_bad_row="error"``) a row is bad: then it names the split and, for local files, the file and the
+            1-based line of the row (else its 1-based row; the error's ``row`` stays its 0-based index).
     """
     fmt = resolve_format(raw[:_FORMAT_SAMPLE], spec.names, spec.format)
     renderer = PairRenderer(tokenizer, fmt, spec.names, spec.chat_template, spec.chat_template_kwargs)
-    function = PairTokenizer(tokenizer, renderer, spec.limits, spec.on_bad_row)
+    max_chars = max_text_chars(tokenizer, spec.limits)
+    bounded = BoundedRenderer(renderer, max_chars)
+    function = PairTokenizer(tokenizer, bounded, spec.limits, spec.on_bad_row)  # type: ignore[arg-type]
     fingerprint = Hasher.hash(
         [
             raw._fingerprint,
@@ -111,19 +121,56 @@ def tokenize_split(
             repr(spec),
             repr(fmt),
             renderer.use_template,
+            max_chars,
             code_fingerprint(),
         ]
     )
-    return raw.map(
-        function,
-        batched=True,
-        with_indices=True,
-        remove_columns=raw.column_names,
-        features=TOKENIZED_FEATURES,
-        num_proc=num_proc,
-        new_fingerprint=fingerprint,
-        desc=f"Tokenizing preference pairs ({split})",
-    )
+    try:
+        return raw.map(
+            function,
+            batched=True,
+            with_indices=True,
+            remove_columns=raw.column_names,
+            features=TOKENIZED_FEATURES,
+            num_proc=tokenization_processes(len(raw), num_proc),
+            new_fingerprint=fingerprint,
+            desc=f"Tokenizing preference pairs ({split})",
+        )
+    except PreferenceDataError as error:
+        if error.row is None or error.location is not None:
+            raise
+        where = describe_row(raw, error.row, split)
+        raise PreferenceDataError(
+            error.detail, row=error.row, field=error.field, reason=error.reason, location=where
+        ) from None
+
+
+@dataclass(frozen=True)
+class SplitRendering:
+    """How the rows of a split are read and rendered (as :func:`tokenize_split` decides it).
+
+    Args:
+        format: The split's format, detected or forced.
+        use_template: Whether its rows are rendered with the chat template.
+    """
+
+    format: formats.ResolvedFormat
+    use_template: bool
+
+
+def split_rendering(
+    raw: datasets.Dataset, tokenizer: PreTrainedTokenizerBase, spec: TokenizationSpec
+) -> SplitRendering:
+    """The format and the chat template use of a raw split, decided as :func:`tokenize_split` decides them.
+
+    Call it after :func:`tokenize_split` (which raises for a split that cannot be rendered, and gives the advice
+    about raw text and chat templates once: it is not repeated here).
+    """
+    fmt = resolve_format(raw[:_FORMAT_SAMPLE], spec.names, spec.format)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        renderer = PairRenderer(tokenizer, fmt, spec.names, spec.chat_template, spec.chat_template_kwargs)
+    return SplitRendering(fmt, renderer.use_template)
 
 
 def _is_kept(status: list[str]) -> list[bool]:

@@ -1,21 +1,23 @@
 """Turn one raw preference row into three texts: the prompt and the two responses that continue it.
 
-Conversational rows are rendered with the tokenizer's chat template: the prompt messages with
-``add_generation_prompt=True``, and each response as the text that the full conversation (prompt messages +
-response messages) adds after the rendered prompt (:func:`~betadpo_lightning.data.boundary.response_after_prompt`,
-which also handles generation prompts that open a reasoning block). Extra template variables (e.g.
-``{"enable_thinking": False}`` for Qwen3) are passed to every rendering. A row whose renderings cannot be joined at an
-exact boundary is an error.
+Conversational rows are rendered with the tokenizer's chat template (its own, or the one ``data.chat_template``
+names, see :mod:`betadpo_lightning.data.templates`): the prompt messages with ``add_generation_prompt=True``, and
+each response as the text that the full conversation (prompt messages + response messages) adds after the rendered
+prompt (:func:`~betadpo_lightning.data.boundary.response_after_prompt`, which also handles generation prompts that
+open a reasoning block). Extra template variables (e.g. ``{"enable_thinking": False}`` for Qwen3) are passed to every
+rendering. A row whose renderings cannot be joined at an exact boundary is an error. String rows rendered with a
+template (a forced ``"conversational"`` format, or ``chat_template=True``) are one user turn and one assistant turn.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from jinja2 import TemplateError
+from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
 from betadpo_lightning.data.boundary import check_reasoning_kept, response_after_prompt
@@ -30,7 +32,11 @@ from betadpo_lightning.data.implicit import (
 )
 from betadpo_lightning.data.messages import Message, as_messages, as_response
 
-ChatTemplateOption = bool | Literal["auto"]
+ChatTemplateMode = bool | Literal["auto"]
+"""Whether rows are rendered with a chat template: ``"auto"`` (conversational rows only), ``True`` or ``False``."""
+ChatTemplateOption = bool | str
+"""``data.chat_template``: a :data:`ChatTemplateMode`, a template file or the template text (see
+:mod:`betadpo_lightning.data.templates`)."""
 TemplateKwargs = Mapping[str, Any]
 
 
@@ -49,11 +55,13 @@ class RenderedPair:
     rejected: str
 
 
-def uses_chat_template(tokenizer: PreTrainedTokenizerBase, fmt: ResolvedFormat, option: ChatTemplateOption) -> bool:
+def uses_chat_template(tokenizer: PreTrainedTokenizerBase, fmt: ResolvedFormat, option: ChatTemplateMode) -> bool:
     """Decide whether rows are rendered with the chat template, and check that it can be done.
 
-    ``"auto"`` uses the template for message lists only. ``True`` also wraps standard string rows into a user turn
-    and an assistant turn. Message lists cannot be used without a template.
+    ``"auto"`` uses the template for conversational rows only. ``True`` also wraps standard string rows into a user
+    turn and an assistant turn. Conversational rows cannot be used without a template. Standard string rows used as
+    raw text while the tokenizer has a chat template get a warning (once): a chat model trained on raw text learns a
+    layout it never sees at inference.
 
     Args:
         tokenizer: The tokenizer whose ``chat_template`` would be used.
@@ -66,11 +74,21 @@ def uses_chat_template(tokenizer: PreTrainedTokenizerBase, fmt: ResolvedFormat, 
     Raises:
         PreferenceDataError: If the data needs a template that is missing or disabled, or a template is requested
             for implicit string rows (their turns are marked in the text itself).
+        ValueError: If ``option`` is not a mode (a template file or text is resolved before, by the data module).
     """
+    if option not in ("auto", True, False):
+        raise ValueError(f"chat_template must be 'auto', true or false here, got {option!r}")
     use = fmt.messages if option == "auto" else bool(option)
     if fmt.messages and not use:
         raise PreferenceDataError(
-            "the data holds message lists, which need a chat template; set chat_template to 'auto' or true"
+            "the rows are conversational (message lists, which need a chat template), but chat_template is false; "
+            "set chat_template to 'auto' or true (or format to 'standard' to use string rows as raw text)"
+        )
+    if option == "auto" and fmt.format == "standard" and tokenizer.chat_template is not None:
+        rank_zero_warn(
+            f"standard rows (prompt/chosen/rejected strings) are used as raw text, without the chat template of "
+            f"tokenizer '{tokenizer.name_or_path}'; for a chat model set data.chat_template true (or data.format "
+            "conversational) to render each prompt as a user turn and each response as an assistant turn"
         )
     if use and not fmt.messages and fmt.format == "implicit":
         raise PreferenceDataError(
@@ -93,7 +111,8 @@ class PairRenderer:
         tokenizer: Tokenizer whose chat template renders conversations.
         fmt: The resolved format of the split.
         names: The preference column names.
-        chat_template: ``"auto"``, ``True`` or ``False`` (see :func:`uses_chat_template`).
+        chat_template: ``"auto"``, ``True`` or ``False`` (see :func:`uses_chat_template`); a template file or text
+            is set on the tokenizer beforehand (:mod:`betadpo_lightning.data.templates`).
         chat_template_kwargs: Extra variables for the chat template (see :func:`check_template_kwargs`).
 
     Raises:
@@ -105,12 +124,12 @@ class PairRenderer:
         tokenizer: PreTrainedTokenizerBase,
         fmt: ResolvedFormat,
         names: ColumnNames,
-        chat_template: ChatTemplateOption = "auto",
+        chat_template: ChatTemplateMode = "auto",
         chat_template_kwargs: TemplateKwargs | None = None,
     ) -> None:
         self.tokenizer = tokenizer
         self.fmt = fmt
-        self.names = replace(names, prompt=fmt.prompt) if fmt.prompt is not None else names
+        self.names = fmt.columns(names)
         self.use_template = uses_chat_template(tokenizer, fmt, chat_template)
         self.template_kwargs = check_template_kwargs(chat_template_kwargs)
 

@@ -86,6 +86,31 @@ def special_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     )
 
 
+_OTHER_ROLES = ("bos", "eos", "pad", "sep", "cls", "mask")
+"""Special token roles besides ``unk``; an unknown token id shared with one of them is not counted as unknown."""
+
+
+def unknown_token_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The id to count as "unknown text" in tokenized pairs, or ``None`` when no id can mean that.
+
+    The tokenizer's ``unk_token_id``, unless that id also plays another special role: GPT-NeoX's (Pythia's)
+    ``<|endoftext|>`` (id 0) is its unknown, BOS and EOS token at once, so the EOS this module appends to every
+    response would count as unknown. Such tokenizers are byte-level and never produce an unknown token from text, so
+    nothing is counted for them.
+
+    Args:
+        tokenizer: The tokenizer.
+
+    Returns:
+        The unknown token's id, or ``None`` (no unknown token, or one shared with BOS, EOS, pad, ...).
+    """
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return None
+    others = {getattr(tokenizer, f"{role}_token_id", None) for role in _OTHER_ROLES}
+    return None if unk in others else unk
+
+
 class PairTokenizer:
     """Render and tokenize batches of raw rows; the map function of the tokenization step.
 
