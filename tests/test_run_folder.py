@@ -317,3 +317,26 @@ def test_a_two_rank_fit_shares_the_lock_of_rank_zero(tmp_path):
     assert "in use by another run" not in result.stderr
     assert _step(run / "checkpoints" / "last.ckpt") == 2
     assert not (run / LOCK_NAME).exists()
+
+
+def test_the_sft_command_line_has_the_same_guards(capsys, tmp_path):
+    """The SFT command line shares the ban on abbreviated options and the run-folder lock (both live in RunCLI)."""
+    from betadpo_lightning.commands import sft_cli
+
+    root = Path(__file__).parents[1]
+    args = ["fit", "--config", str(root / "configs" / "synthetic_sft.yaml"), f"--trainer.default_root_dir={tmp_path}"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        sft_cli.main([*args, "--trainer.max_step", "20"])
+    assert exit_info.value.code == 2
+    assert "unknown option --trainer.max_step" in capsys.readouterr().err
+    sleeper = _sleeper()
+    try:
+        _write_lock(tmp_path, sleeper.pid)
+        with pytest.raises(SystemExit) as exit_info:
+            sft_cli.main([*args, f"--data.cache_dir={tmp_path / 'cache'}", "--trainer.max_steps=1"])
+        assert exit_info.value.code == 1
+        assert f"error: run folder {tmp_path} is in use by another run" in capsys.readouterr().err
+    finally:
+        sleeper.kill()
+        sleeper.wait()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 from typing_extensions import override
 
 from betadpo_lightning.callbacks import DynamicBetaCallback
 from betadpo_lightning.commands.cli_base import RENAMED, RunCLI, run_cli
-from betadpo_lightning.commands.run_folder import add_run_folder_arguments, guard_run_folder
 from betadpo_lightning.training.module import PreferenceModule
 
 __all__ = ["DYNAMIC_BETA", "LINKS", "RENAMED", "BetaDPOCLI", "console_main", "main"]
@@ -40,33 +37,20 @@ class BetaDPOCLI(RunCLI):
     Written once: β0 is ``model.beta`` (linked into the controller's ``beta``); the tokenizer is the model's
     (``model.model_name_or_path``) unless ``data.tokenizer`` names another one.
 
-    Options are never abbreviated (``--trainer.max_step`` is an unknown option, not ``--trainer.max_steps``). Each
-    command holds its run folder (:mod:`~betadpo_lightning.commands.run_folder`): a second live run into the same
-    ``trainer.default_root_dir`` is refused, and so is a fit without ``--ckpt_path`` over an earlier run's
-    checkpoints unless ``--overwrite_run true`` moves them aside.
+    Options are never abbreviated and each command holds its run folder (see ``RunCLI``).
     """
 
     links = LINKS
 
     @override
-    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
-        kwargs.setdefault("allow_abbrev", False)
-        return super().init_parser(**kwargs)
-
-    @override
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
         parser.add_lightning_class_args(DynamicBetaCallback, DYNAMIC_BETA, required=False)
         parser.set_defaults(
             {f"{DYNAMIC_BETA}.controller": {"class_path": "betadpo_lightning.core.controllers.BetaDPOController"}}
         )
         for target, source in LINKS.items():
             parser.link_arguments(source, target)
-        add_run_folder_arguments(parser)
-
-    @override
-    def _run_subcommand(self, subcommand: str) -> None:
-        with guard_run_folder(self.trainer, subcommand, self.config_init[subcommand]):
-            super()._run_subcommand(subcommand)
 
     @override
     def _groups(self) -> dict[str, type]:

@@ -24,6 +24,7 @@ from betadpo_lightning.commands.cli_errors import MissingCheckpointError, explai
 from betadpo_lightning.commands.cli_options import config_error, option_names, parse_error
 from betadpo_lightning.commands.console import quiet_known_noise, verbose_requested
 from betadpo_lightning.commands.progress import StepProgressBar
+from betadpo_lightning.commands.run_folder import add_run_folder_arguments, guard_run_folder
 from betadpo_lightning.commands.run_summary import RunSummary
 
 __all__ = ["RENAMED", "RunCLI", "run_cli"]
@@ -52,6 +53,11 @@ class RunCLI(LightningCLI):
     :class:`~betadpo_lightning.commands.run_summary.RunSummary`. ``--ckpt_path last`` with no ``last.ckpt`` is an error
     (Lightning would start from scratch). Mistakes are raised as
     :class:`~betadpo_lightning.commands.cli_errors.CLIError` naming the option.
+
+    Options are never abbreviated (``--trainer.max_step`` is an unknown option, not ``--trainer.max_steps``). Each
+    command holds its run folder (:mod:`~betadpo_lightning.commands.run_folder`): a second live run into the same
+    ``trainer.default_root_dir`` is refused, and so is a fit without ``--ckpt_path`` over an earlier run's
+    checkpoints unless ``--overwrite_run true`` moves them aside.
     """
 
     links: Mapping[str, str] = {}
@@ -70,7 +76,17 @@ class RunCLI(LightningCLI):
     @override
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("exit_on_error", False)  # errors are raised, and explained by `run_cli` in a few lines
+        kwargs.setdefault("allow_abbrev", False)
         return super().init_parser(**kwargs)
+
+    @override
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        add_run_folder_arguments(parser)
+
+    @override
+    def _run_subcommand(self, subcommand: str) -> None:
+        with guard_run_folder(self.trainer, subcommand, self.config_init[subcommand]):
+            super()._run_subcommand(subcommand)
 
     @override
     def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
