@@ -259,6 +259,8 @@ def test_a_fresh_fit_over_earlier_checkpoints_is_refused_unless_overwrite_run(ca
     assert _step(checkpoints / "last.ckpt") == 3
     assert sorted(p.name for p in (run / "logs").iterdir()) == ["version_0", "version_1"]
     assert not (run / LOCK_NAME).exists()
+    saved = sorted(run.rglob("config.yaml"), key=lambda path: path.stat().st_mtime)[-1]  # this run's: resumes it
+    assert yaml.safe_load(saved.read_text())["overwrite_run"] is False  # so it must not start over again
 
 
 @pytest.mark.slow

@@ -24,7 +24,7 @@ from betadpo_lightning.commands.cli_errors import MissingCheckpointError, explai
 from betadpo_lightning.commands.cli_options import config_error, option_names, parse_error
 from betadpo_lightning.commands.console import quiet_known_noise, verbose_requested
 from betadpo_lightning.commands.progress import StepProgressBar
-from betadpo_lightning.commands.run_folder import add_run_folder_arguments, guard_run_folder
+from betadpo_lightning.commands.run_folder import OVERWRITE_RUN, add_run_folder_arguments, guard_run_folder
 from betadpo_lightning.commands.run_summary import RunSummary
 
 __all__ = ["RENAMED", "RunCLI", "run_cli"]
@@ -86,6 +86,9 @@ class RunCLI(LightningCLI):
     @override
     def _run_subcommand(self, subcommand: str) -> None:
         with guard_run_folder(self.trainer, subcommand, self.config_init[subcommand]):
+            saved = self.config.get(subcommand, self.config)
+            if saved.get(OVERWRITE_RUN):  # done: the run's config.yaml must resume it, not start over again
+                saved[OVERWRITE_RUN] = False
             super()._run_subcommand(subcommand)
 
     @override
