@@ -14,6 +14,8 @@ Pair lengths are fixed (``--prompt``/``--response``) or drawn from the token-len
     python benchmarks/bench_step.py --vocab 128256       # the memory effect of a large vocabulary
     python benchmarks/bench_step.py --lengths hh --variants ours_packed,ours,trl   # users' length distributions
     python benchmarks/bench_step.py --preset pythia410m --device cuda --dtype bf16   # on a GPU
+    python benchmarks/bench_step.py --preset pythia410m --device cuda --dtype bf16 --lengths hh \
+        --variants ours_packed,ours,trl --attn flex_attention   # packed with FlexAttention block masks
 
 TRL comes with the ``bench`` extra (``pip install -e '.[bench]'``); without it the TRL variant is skipped.
 """
@@ -62,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--max-length", type=int, help="prompt + response limit (default: 512 hh, 1024 ultrafeedback)")
     parser.add_argument("--max-prompt-length", type=int, help="prompt limit (default: none)")
+    parser.add_argument(
+        "--attn", help="attention kernel of every variant's model (sdpa, eager, flex_attention; default: the model's)"
+    )
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32", help="bf16: bf16-mixed autocast")
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
@@ -209,7 +214,10 @@ def run_ours(args: argparse.Namespace, model_dir: Path, variant: str) -> tuple[l
 
     loader = DataLoader(samples, batch_size=args.pairs, collate_fn=collate)
     module = PreferenceModule(
-        model_name_or_path=str(model_dir), optimizer=lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=0.0), **kwargs
+        model_name_or_path=str(model_dir),
+        optimizer=lambda p: torch.optim.AdamW(p, lr=lr, weight_decay=0.0),
+        attn_implementation=args.attn,
+        **kwargs,
     )
     times: list[float] = []
     forwards: list[int] = []  # every trunk forward of the policy model (twice a step with LoRA: adapters off too)
@@ -255,7 +263,7 @@ def run_precompute(args: argparse.Namespace, model_dir: Path) -> None:
     from betadpo_lightning.models.scoring import score_rows
 
     samples = make_pairs(args, args.pairs * (args.warmup + args.steps))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(args.device).eval()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation=args.attn).to(args.device).eval()
     values = []
     with torch.no_grad():
         for start in range(0, len(samples), args.pairs):
@@ -279,7 +287,7 @@ def run_floor(args: argparse.Namespace, model_dir: Path) -> tuple[list[float], l
     from betadpo_lightning.data.collate import collate_preference_pairs
 
     device = torch.device(args.device)
-    policy = AutoModelForCausalLM.from_pretrained(str(model_dir)).to(device).train()
+    policy = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation=args.attn).to(device).train()
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-6, weight_decay=0.0)
     samples = make_pairs(args, args.pairs * (args.warmup + args.steps))
@@ -330,7 +338,7 @@ def run_trl(args: argparse.Namespace, model_dir: Path) -> tuple[list[float], lis
         "rejected": [text(s["rejected_input_ids"][:-1]) for s in samples],
     }
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation=args.attn)
     reference = copy.deepcopy(model)  # TRL needs an explicit reference for a model it did not load itself
     times: list[float] = []
     tokens: list[int] = []
