@@ -10,28 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from betadpo_lightning.data import PreferenceDataError, PreferenceDataModule
+from betadpo_lightning.data import PreferenceDataError
 from betadpo_lightning.data.files import BadLine, csv_text_options, describe, find_bad_lines
+from helpers.local_files import GOOD, file_module, ready_file_module
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:tokenizer .* has no pad token:UserWarning"),
     pytest.mark.filterwarnings("ignore:dataset .* has no split 'validation':UserWarning"),
 ]
-
-GOOD = {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."}
-
-
-def _module(path: Path, tokenizer: Path, tmp_path: Path, **kwargs) -> PreferenceDataModule:
-    return PreferenceDataModule(
-        dataset=str(path), tokenizer=str(tokenizer), cache_dir=str(tmp_path / "cache"), val_split=None, **kwargs
-    )
-
-
-def _ready(path: Path, tokenizer: Path, tmp_path: Path, **kwargs) -> PreferenceDataModule:
-    module = _module(path, tokenizer, tmp_path, **kwargs)
-    module.prepare_data()
-    module.setup("fit")
-    return module
 
 
 def _truncated_file(tmp_path: Path) -> Path:
@@ -45,7 +31,7 @@ def _truncated_file(tmp_path: Path) -> Path:
 def test_truncated_json_line_is_named(tmp_path, bpe_tokenizer_dir):
     path = _truncated_file(tmp_path)
     with pytest.raises(PreferenceDataError) as caught:
-        _module(path, bpe_tokenizer_dir, tmp_path).prepare_data()
+        file_module(path, bpe_tokenizer_dir, tmp_path).prepare_data()
     message = str(caught.value)
     assert f"'{path}': 2 malformed lines: line 2: not valid JSON at column " in message
     assert "line 3: expected a JSON object, got list" in message
@@ -55,12 +41,12 @@ def test_truncated_json_line_is_named(tmp_path, bpe_tokenizer_dir):
 def test_truncated_json_lines_are_skipped_and_counted(tmp_path, bpe_tokenizer_dir):
     path = _truncated_file(tmp_path)
     with pytest.warns(UserWarning, match="2/4 pairs kept; skipped malformed_line=2"):
-        module = _ready(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip")
+        module = ready_file_module(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip")
     assert module.stats["train"].skipped == {"malformed_line": 2}
     assert (module.stats["train"].rows, module.stats["train"].kept) == (4, 2)
     assert len(module.splits["train"]) == 2
     path.touch()  # the source is unchanged in content: a second module reads the same copy
-    assert len(_ready(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip").splits["train"]) == 2
+    assert len(ready_file_module(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip").splits["train"]) == 2
 
 
 @pytest.mark.parametrize("policy", ["error", "skip"])
@@ -73,7 +59,7 @@ def test_empty_file_is_named_under_either_policy(tmp_path, bpe_tokenizer_dir, na
     else:
         path.write_text("", encoding="utf-8")
     with pytest.raises(PreferenceDataError, match=rf"^'{path}': the file is empty: expected one preference pair"):
-        _module(path, bpe_tokenizer_dir, tmp_path, on_bad_row=policy).prepare_data()
+        file_module(path, bpe_tokenizer_dir, tmp_path, on_bad_row=policy).prepare_data()
 
 
 def test_integer_beyond_64_bits_is_named(tmp_path):
@@ -93,7 +79,7 @@ def test_json_document_error_cannot_be_skipped(tmp_path, bpe_tokenizer_dir):
     path.write_text("[\n" + json.dumps(GOOD) + ",\n" + json.dumps(GOOD)[:20] + "\n", encoding="utf-8")
     expected = r"1 malformed line: line 3: not valid JSON .*; a JSON document cannot be read past it$"
     with pytest.raises(PreferenceDataError, match=expected):
-        _module(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip").prepare_data()
+        file_module(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip").prepare_data()
 
 
 def test_csv_columns_are_text_as_written(tmp_path, bpe_tokenizer_dir):
@@ -104,7 +90,7 @@ def test_csv_columns_are_text_as_written(tmp_path, bpe_tokenizer_dir):
         "converters": {"prompt": str, "chosen": str, "rejected": str},
         "na_filter": False,
     }
-    module = _ready(path, bpe_tokenizer_dir, tmp_path)
+    module = ready_file_module(path, bpe_tokenizer_dir, tmp_path)
     assert module.stats["train"].kept == 2
     tokenizer = module.tokenizer
     first = module.splits["train"][0]
@@ -117,9 +103,9 @@ def test_csv_record_with_wrong_field_count(tmp_path, bpe_tokenizer_dir):
     path.write_text('prompt,chosen,rejected\na,b,c\nd,e,f,g\n"multi\nline",h,i\n', encoding="utf-8")
     assert find_bad_lines(path, "csv") == [BadLine(3, "expected 3 fields (the header's), got 4")]
     with pytest.raises(PreferenceDataError, match=r"line 3: expected 3 fields \(the header's\), got 4"):
-        _module(path, bpe_tokenizer_dir, tmp_path).prepare_data()
+        file_module(path, bpe_tokenizer_dir, tmp_path).prepare_data()
     with pytest.warns(UserWarning, match="skipped malformed_line=1"):
-        module = _ready(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip")
+        module = ready_file_module(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip")
     assert module.stats["train"].kept == 2  # the quoted two-line record is one good record
 
 
@@ -149,7 +135,7 @@ def test_blank_message_answer_is_empty_text_like_its_string_form(tmp_path, fixtu
     """Rendered, the blank answer would be only the end-of-turn tokens ('<|im_end|>\\n'): a pair without an answer."""
     path = _hh_messages(tmp_path, fixtures_dir)
     with pytest.raises(PreferenceDataError, match=r"line 3, field 'chosen': expected non-empty response"):
-        _module(path, bpe_tokenizer_dir, tmp_path, format="implicit").prepare_data()
+        file_module(path, bpe_tokenizer_dir, tmp_path, format="implicit").prepare_data()
     with pytest.warns(UserWarning, match="2/3 pairs kept; skipped empty_text=1"):
-        module = _ready(path, bpe_tokenizer_dir, tmp_path, format="implicit", on_bad_row="skip")
+        module = ready_file_module(path, bpe_tokenizer_dir, tmp_path, format="implicit", on_bad_row="skip")
     assert list(module.splits["train"]["index"]) == [0, 1]

@@ -17,27 +17,12 @@ from betadpo_lightning.data.long_texts import BoundedRenderer, longest_token_cha
 from betadpo_lightning.data.render import PairRenderer
 from betadpo_lightning.data.tokenize import PairTokenizer
 from betadpo_lightning.data.truncation import TruncationLimits
+from helpers.local_files import GOOD, file_module, ready_file_module
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:tokenizer .* has no pad token:UserWarning"),
     pytest.mark.filterwarnings("ignore:dataset .* has no split 'validation':UserWarning"),
 ]
-
-GOOD = {"prompt": "Name a colour.", "chosen": "Blue.", "rejected": "Seven."}
-
-
-def _module(path: Path, tokenizer: Path, tmp_path: Path, **kwargs) -> PreferenceDataModule:
-    return PreferenceDataModule(
-        dataset=str(path), tokenizer=str(tokenizer), cache_dir=str(tmp_path / "cache"), val_split=None, **kwargs
-    )
-
-
-def _ready(path: Path, tokenizer: Path, tmp_path: Path, **kwargs) -> PreferenceDataModule:
-    module = _module(path, tokenizer, tmp_path, **kwargs)
-    module.prepare_data()
-    module.setup("fit")
-    return module
-
 
 # --- invalid UTF-8 ------------------------------------------------------------------------------------------------
 
@@ -53,7 +38,7 @@ def test_invalid_utf8_names_file_and_line(tmp_path, bpe_tokenizer_dir):
     """The JSON reader keeps the bytes; the error used to come when a value was read, naming nothing."""
     path = _invalid_utf8_jsonl(tmp_path)
     with pytest.raises(PreferenceDataError) as caught:
-        _module(path, bpe_tokenizer_dir, tmp_path).prepare_data()
+        file_module(path, bpe_tokenizer_dir, tmp_path).prepare_data()
     message = str(caught.value)
     assert f"'{path}': 1 malformed line: line 3: not valid UTF-8: byte 0xff at byte 16 of the line" in message
     assert "on_bad_row='skip'" in message
@@ -67,7 +52,7 @@ def test_invalid_utf8_lines_are_skipped_and_counted(tmp_path, bpe_tokenizer_dir,
         path = tmp_path / "pairs.csv"
         path.write_bytes(b"prompt,chosen,rejected\nhi,yes,no\ncaf\xff,a,b\nhey,sure,never\n")
     with pytest.warns(UserWarning, match=r"2/3 pairs kept; skipped invalid_utf8=1"):
-        module = _ready(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip")
+        module = ready_file_module(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip")
     assert module.stats["train"].skipped == {"invalid_utf8": 1}
     assert len(module.splits["train"]) == 2
 
@@ -89,14 +74,14 @@ def test_a_bad_row_names_split_file_and_line(tmp_path, bpe_tokenizer_dir):
     rows = [json.dumps(GOOD), "", json.dumps(GOOD), json.dumps({**GOOD, "chosen": " "})]
     path.write_text("\n".join(rows) + "\n", encoding="utf-8")
     with pytest.raises(PreferenceDataError) as caught:
-        _module(path, bpe_tokenizer_dir, tmp_path).prepare_data()
+        file_module(path, bpe_tokenizer_dir, tmp_path).prepare_data()
     assert str(caught.value).startswith(f"split 'train', file '{path}', line 4, field 'chosen': expected a non-empty")
     assert (caught.value.row, caught.value.field, caught.value.reason) == (2, "chosen", "empty_text")
 
     csv_path = tmp_path / "pairs.csv"
     csv_path.write_text('prompt,chosen,rejected\n"two\nlines",yes,no\nhi,,no\n', encoding="utf-8")
     with pytest.raises(PreferenceDataError, match=rf"^split 'train', file '{csv_path}', line 4, field 'chosen': "):
-        _module(csv_path, bpe_tokenizer_dir, tmp_path / "csv").prepare_data()
+        file_module(csv_path, bpe_tokenizer_dir, tmp_path / "csv").prepare_data()
 
 
 def test_rows_of_a_second_file_and_of_the_validation_split(tmp_path, bpe_tokenizer_dir):
@@ -135,9 +120,9 @@ def test_a_short_csv_record_has_its_own_reason(tmp_path, bpe_tokenizer_dir):
     path = tmp_path / "pairs.csv"
     path.write_text("prompt,chosen,rejected\nhi,yes,no\nhey,sure\nhello,,no\nyo,fine,bad\n", encoding="utf-8")
     with pytest.raises(PreferenceDataError, match=r"line 3: expected 3 fields \(the header's\), got 2"):
-        _module(path, bpe_tokenizer_dir, tmp_path).prepare_data()
+        file_module(path, bpe_tokenizer_dir, tmp_path).prepare_data()
     with pytest.warns(UserWarning, match=r"2/4 pairs kept; skipped empty_text=1, missing_fields=1"):
-        module = _ready(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip")
+        module = ready_file_module(path, bpe_tokenizer_dir, tmp_path, on_bad_row="skip")
     assert module.stats["train"].skipped == {"missing_fields": 1, "empty_text": 1}
 
 
@@ -184,8 +169,8 @@ def test_a_huge_row_through_the_data_module(tmp_path, bpe_tokenizer_dir, monkeyp
     path = tmp_path / "pairs.jsonl"
     rows = [GOOD, {**GOOD, "chosen": _text(3_000_000, True, 7)}]
     path.write_text("\n".join(json.dumps(row) for row in rows) + "\n", encoding="utf-8")
-    cut = _ready(path, bpe_tokenizer_dir, tmp_path / "cut", max_length=64)
+    cut = ready_file_module(path, bpe_tokenizer_dir, tmp_path / "cut", max_length=64)
     monkeypatch.setattr(pipeline_module, "max_text_chars", lambda tokenizer, limits: None)
-    whole = _ready(path, bpe_tokenizer_dir, tmp_path / "whole", max_length=64)
+    whole = ready_file_module(path, bpe_tokenizer_dir, tmp_path / "whole", max_length=64)
     assert cut.splits["train"][:] == whole.splits["train"][:]
     assert cut.stats["train"].truncated == {"chosen": 1}
