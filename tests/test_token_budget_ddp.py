@@ -58,16 +58,17 @@ class StepLog(pl.Callback):
         (self.folder / f"rank{trainer.global_rank}.json").write_text(json.dumps(self.records))
 
 
+def _data(tmp_path) -> PreferenceDataModule:
+    """40 synthetic pairs, packed, in micro-batches of at most ``BUDGET`` tokens."""
+    synthetic = SyntheticConfig(train_size=40, validation_size=0, seed=4)
+    return PreferenceDataModule(
+        synthetic=synthetic, cache_dir=str(tmp_path / "data"), max_length=48, packing=True, max_tokens=BUDGET, seed=1
+    )
+
+
 def test_token_budget_on_two_ranks_keeps_beta_dpo_global_and_exact(tmp_path):
     pl.seed_everything(0)
-    data = PreferenceDataModule(
-        synthetic=SyntheticConfig(train_size=40, validation_size=0, seed=4),
-        cache_dir=str(tmp_path / "data"),
-        max_length=48,
-        packing=True,
-        max_tokens=BUDGET,
-        seed=1,
-    )
+    data = _data(tmp_path)
     module = PreferenceModule(model_config=CONFIG, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
     callbacks = [DynamicBetaCallback(BetaDPOController(**CONTROLLER)), StepLog(tmp_path)]
     trainer = quiet_trainer(tmp_path, 8, callbacks, devices=2, strategy="ddp_spawn", limit_val_batches=0)
@@ -100,14 +101,7 @@ def test_static_beta_weighs_every_pair_of_every_rank_alike(tmp_path):
     rank r's loss is sum(its losses) / ((n_0 + n_1) / 2), so after DDP's gradient mean each pair weighs
     1 / (n_0 + n_1) whichever rank holds it (the local mean n_r would weigh the smaller rank's pairs more)."""
     pl.seed_everything(0)
-    data = PreferenceDataModule(
-        synthetic=SyntheticConfig(train_size=40, validation_size=0, seed=4),
-        cache_dir=str(tmp_path / "data"),
-        max_length=48,
-        packing=True,
-        max_tokens=BUDGET,
-        seed=1,
-    )
+    data = _data(tmp_path)
     module = PreferenceModule(model_config=CONFIG, optimizer=functools.partial(torch.optim.AdamW, lr=1e-3))
     trainer = quiet_trainer(tmp_path, 6, [StepLog(tmp_path)], devices=2, strategy="ddp_spawn", limit_val_batches=0)
     trainer.fit(module, datamodule=data)
