@@ -199,7 +199,7 @@ ALLOWED = {
     "commands/export.py": "a scratch file inside the export's staging folder, deleted before it is moved in place",
     "data/synthetic/files.py": "files inside the staging folder of atomic_directory",
     "commands/run_lock.py": "a lock file, taken by creating it exclusively (O_EXCL), not replaced",
-    "training/sft.py": "save_pretrained into output_dir",
+    "training/sft.py": "save_pretrained into the staging folder of atomic_directory",
 }
 
 

@@ -296,6 +296,31 @@ def test_written_config_keeps_the_models_dropout(data, tmp_path):
     assert module.policy.config.attention_dropout == 0.0
 
 
+def test_save_pretrained_replaces_a_model_directory_whole_and_refuses_other_files(data, tmp_path):
+    """The directory is written beside the destination and moved into place: a save that fails midway leaves the
+    earlier model directory as it was, and a directory holding other files is refused, naming them."""
+    module = _module(data)
+    out = module.save_pretrained(tmp_path / "model", data.tokenizer)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    class FailingTokenizer:
+        def save_pretrained(self, folder: str) -> None:
+            (Path(folder) / "tokenizer.json").write_text("{")  # a partial write, then the failure
+            raise OSError("disk full")
+
+    with torch.no_grad():
+        next(module.policy.parameters()).add_(1.0)  # the new weights differ from the saved ones
+    with pytest.raises(OSError, match="disk full"):
+        module.save_pretrained(out, FailingTokenizer())
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]  # no staging folder left behind
+
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds files that a model directory does not: notes\.txt"):
+        module.save_pretrained(out, data.tokenizer)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
 # --- 4. the command line ----------------------------------------------------------------------------------------------
 
 

@@ -27,7 +27,6 @@ naming those files, rather than delete them.
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import itertools
 import sys
 import warnings
@@ -42,6 +41,7 @@ from transformers import PreTrainedTokenizerBase
 from betadpo_lightning.atomic import atomic_directory
 from betadpo_lightning.commands.export_summary import ExportSummary
 from betadpo_lightning.commands.run_tokenizer import FoundTokenizer, TokenizerError, find_tokenizer
+from betadpo_lightning.models.model_directory import MODEL_DIRECTORY_FILES, foreign_entries
 from betadpo_lightning.models.policy_checkpoint import (
     CheckpointError,
     adapters_only,
@@ -53,15 +53,7 @@ __all__ = ["DTYPES", "EXPORT_FILES", "ExportError", "export_checkpoint", "main"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-EXPORT_FILES = (
-    # the model's (transformers' save_pretrained), the adapter's (peft's, with its model card README.md)
-    *("config.json", "generation_config.json", "model.safetensors", "model-*-of-*.safetensors"),
-    *("model.safetensors.index.json", "adapter_config.json", "adapter_model.safetensors", "README.md"),
-    # the tokenizer's, whatever its kind
-    *("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json"),
-    *("vocab.txt", "merges.txt", "tokenizer.model", "spiece.model", "*.tiktoken", "chat_template.jinja"),
-    *("chat_template.json", "additional_chat_templates"),
-)
+EXPORT_FILES = MODEL_DIRECTORY_FILES
 """Names (``fnmatch`` patterns) of what an export writes: the only entries ``--overwrite`` replaces."""
 
 _LOAD_OVERRIDES = {"quantization": None, "gradient_checkpointing": False, "dropout": True, "attn_implementation": None}
@@ -135,18 +127,13 @@ def _check_output_dir(output: Path, overwrite: bool) -> None:
         raise ExportError(f"--output_dir {output} is a file; give a directory")
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise ExportError(f"--output_dir {output} is not empty; pass --overwrite to replace its contents")
-    others = sorted(_not_exported(output)) if output.is_dir() else []
+    others = foreign_entries(output)
     if others:
         shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
         raise ExportError(
             f"--output_dir {output} holds files that an export does not write: {shown}; --overwrite replaces an "
             "earlier export only: move those files away, or export to another folder"
         )
-
-
-def _not_exported(output: Path) -> list[str]:
-    """The entries of ``output`` that are no export's (:data:`EXPORT_FILES`)."""
-    return [p.name for p in output.iterdir() if not any(fnmatch.fnmatchcase(p.name, n) for n in EXPORT_FILES)]
 
 
 def _check_lora_options(checkpoint: dict[str, Any], ckpt_path: Path, merge_lora: bool) -> None:

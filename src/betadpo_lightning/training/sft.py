@@ -25,10 +25,12 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from betadpo_lightning.atomic import atomic_directory
 from betadpo_lightning.data.packed_views import chosen_segments
 from betadpo_lightning.data.packing import is_packed
 from betadpo_lightning.distributed import barrier
 from betadpo_lightning.models.building import DType, LoraOptions
+from betadpo_lightning.models.model_directory import foreign_entries
 from betadpo_lightning.models.reference import NoReference
 from betadpo_lightning.models.scoring import response_targets, score_rows
 from betadpo_lightning.models.sharding import close_process_group_at_exit
@@ -203,24 +205,36 @@ class SFTModule(PolicyAndReference):
     def save_pretrained(self, output_dir: str | Path, tokenizer: Any = None) -> Path:
         """Write the policy (LoRA adapters merged) and the tokenizer as a ``transformers`` model directory.
 
+        The directory is written whole, beside the destination, and then replaces it (an earlier model directory
+        survives any failure).
+
         Args:
-            output_dir: the directory; created, or emptied of an earlier model of the same names.
+            output_dir: the directory; created, or replaced when it holds an earlier model directory.
             tokenizer: the tokenizer to write beside the model (``None``: the model alone, with a warning).
 
         Returns:
             The directory.
+
+        Raises:
+            ValueError: when ``output_dir`` holds files that a model directory does not, naming them.
         """
         assert self.policy is not None, "`configure_model()` must run first"
+        path = Path(output_dir)
+        others = foreign_entries(path)
+        if others:
+            raise ValueError(
+                f"SFTModule: output_dir {path} holds files that a model directory does not: {', '.join(others[:5])}; "
+                "move them away or choose another output_dir"
+            )
         policy: nn.Module = copy.deepcopy(self.policy)
         if hasattr(policy, "merge_and_unload"):  # a peft model: one plain model with the adapters folded in
             policy = policy.merge_and_unload()
         self._restore_dropout(policy)
-        path = Path(output_dir)
-        path.mkdir(parents=True, exist_ok=True)
-        policy.save_pretrained(str(path))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(path))
-        else:
+        with atomic_directory(path) as staging:
+            policy.save_pretrained(str(staging))
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(staging))
+        if tokenizer is None:
             rank_zero_warn(f"SFTModule: no tokenizer to write beside the model in {path}; save one there yourself.")
         rank_zero_info(f"SFTModule: wrote the policy to {path}")
         return path
