@@ -5,6 +5,7 @@ warning stay."""
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 
 import pytest
@@ -115,3 +116,17 @@ def test_lightnings_own_pytree_call_is_quiet():
         quiet_known_noise()
         _tree_flatten({"a": torch.zeros(1), "b": [1, 2]})
     assert not [w for w in caught if "LeafSpec" in str(w.message)]
+
+
+def test_datasets_progress_bars_are_off_when_piped_unless_verbose(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    try:
+        datasets.enable_progress_bars()
+        quiet_known_noise(verbose=True)
+        assert datasets.is_progress_bar_enabled()
+        quiet_known_noise(verbose=False)
+        assert not datasets.is_progress_bar_enabled()
+    finally:
+        datasets.enable_progress_bars()

@@ -81,7 +81,8 @@ def quiet_known_noise(verbose: bool | None = None) -> None:
 
     * Lightning's product tips (``💡 Tip: For seamless cloud logging ... litlogger``), logged at every ``Trainer``.
     * Unless ``verbose`` (default: :func:`verbose_requested`), Lightning's routine information lines: a filter on the
-      handlers that print Lightning's records drops the records below ``WARNING`` that Lightning's own code logged.
+      handlers that print Lightning's records drops the records below ``WARNING`` that Lightning's own code logged;
+      and, when standard error is not a terminal, the progress bars of ``datasets`` (loading, tokenizing, filtering).
     * ``FutureWarning`` s that torch raises for calls inside Lightning, not in this library or its users' code:
       ``isinstance(treespec, LeafSpec)`` (``lightning.pytorch.utilities._pytree``) and
       ``torch.distributed.nn.functional.all_gather`` (``lightning.fabric.utilities.distributed``, once per rank under
@@ -114,3 +115,7 @@ def quiet_known_noise(verbose: bool | None = None) -> None:
     for name in _HANDLER_LOGGERS:
         for handler in logging.getLogger(name).handlers:
             _add_once(handler, _RoutineFilter)
+    if not sys.stderr.isatty():  # piped to a file: datasets' bars would print a line per refresh
+        import datasets
+
+        datasets.disable_progress_bars()
