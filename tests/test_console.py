@@ -12,24 +12,16 @@ import pytest
 
 from betadpo_lightning.commands import console
 from betadpo_lightning.commands.console import quiet_known_noise
+from helpers.log_records import CollectMessages
 
 LIGHTNING_PYTREE = "lightning.pytorch.utilities._pytree"
 PYTREE_MESSAGE = "`isinstance(treespec, LeafSpec)` is deprecated, use `isinstance(treespec, TreeSpec)` instead."
 
 
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
 @pytest.fixture
 def lightning_messages():
     """What Lightning logs (its loggers do not propagate to the root logger), without the filters installed so far."""
-    handler = _Collect()
+    handler = CollectMessages()
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     for name in console._RANK_ZERO_LOGGERS:
         logger = logging.getLogger(name)

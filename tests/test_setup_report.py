@@ -10,20 +10,12 @@ from pathlib import Path
 import pytest
 
 from betadpo_lightning.data import PreferenceDataModule
-
-
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
+from helpers.log_records import CollectMessages
 
 
 @pytest.fixture
 def logged():
-    handler = _Collect()
+    handler = CollectMessages()
     loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
     for logger in loggers:
         logger.addHandler(handler)
